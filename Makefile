@@ -1,0 +1,46 @@
+# trainsim: `make run` installs and runs the daemon on the embedded default config;
+# `make test` installs everything the tests need and runs lint, type checks and the whole suite.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+SERVER_BINARIES := prometheus promtool prometheus-alertmanager amtool
+
+.PHONY: run test test-deps lint typecheck pytest bench clean
+
+run: $(BIN)/python
+	$(BIN)/pip install --quiet --disable-pip-version-check .
+	$(BIN)/trainsim run
+
+test: test-deps $(BIN)/python
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(MAKE) lint typecheck pytest
+
+# Debian's prometheus and prometheus-alertmanager packages: the real servers the tests run.
+test-deps:
+	@missing=""; for b in $(SERVER_BINARIES); do command -v $$b >/dev/null || missing="$$missing $$b"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian's prometheus and prometheus-alertmanager (missing:$$missing)"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
+	    prometheus prometheus-alertmanager >/dev/null; \
+	fi
+
+lint:
+	$(BIN)/ruff check simulator tests benchmarks
+
+typecheck:
+	$(BIN)/mypy simulator
+
+pytest:
+	$(BIN)/python -m pytest
+
+bench: $(BIN)/python
+	$(BIN)/pip install --quiet --disable-pip-version-check .
+	$(BIN)/python benchmarks/bench_scrape_engine.py
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

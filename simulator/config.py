@@ -1,0 +1,537 @@
+"""YAML configuration -> typed, validated, immutable run specifications.
+
+Every mistake in a file is collected and reported together, one line each, as
+``FILE:LINE: path.to.key: message``. Line numbers come from the YAML node marks.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+NAME_RE = re.compile(r"^[a-zA-Z0-9_.-]+$")
+_DURATION_RE = re.compile(r"^(?:(\d+(?:\.\d+)?)(ms|s|m|h|d))+$")
+_DURATION_PART_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+# Guards against hostile documents: alias expansion ("billion laughs") and nesting depth.
+MAX_NODES = 200_000
+MAX_DEPTH = 64
+MAX_STEPS = 10**12
+MAX_SEED = 2**63 - 1
+
+
+# --------------------------------------------------------------------------- typed model
+
+
+@dataclass(frozen=True)
+class Quadratic:
+    """The seed's 1-D bowl J(w) = a * (w - c)^2 + b."""
+
+    a: float = 1.0
+    c: float = 2.0
+    b: float = 1.0
+    kind: str = "quadratic"
+
+
+@dataclass(frozen=True)
+class SGD:
+    """Plain gradient descent w <- w - learning_rate * grad J(w)."""
+
+    learning_rate: float
+    kind: str = "sgd"
+
+
+@dataclass(frozen=True)
+class Detection:
+    """Per-run detector thresholds; see docs/config.md for what each one does."""
+
+    divergence_loss: float = 1e5
+    divergence_parameter: float = 1e3
+    divergence_growth_steps: int = 10
+    stall_window: int = 20
+    stall_min_improvement: float = 1e-7
+    converged_gradient_norm: float = 1e-3
+    oscillation_flip_steps: int = 10
+    oscillation_min_improvement: float = 1e-2
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One simulated training run, fully resolved (defaults merged)."""
+
+    name: str
+    landscape: Quadratic
+    init: tuple[float, ...]
+    optimizer: SGD
+    steps: int
+    step_interval: float
+    loop: bool
+    seed: int
+    detect: Detection
+
+    @property
+    def dims(self) -> int:
+        """Number of parameters of the run."""
+        return len(self.init)
+
+
+@dataclass(frozen=True)
+class Config:
+    """A validated configuration: the runs in file order."""
+
+    runs: tuple[RunSpec, ...]
+    source: str = "<embedded>"
+
+
+@dataclass(frozen=True, order=True)
+class ConfigIssue:
+    """One mistake in a configuration file."""
+
+    line: int
+    path: str
+    message: str
+    source: str = field(default="<config>", compare=False)
+
+    def __str__(self) -> str:
+        where = f"{self.path}: " if self.path else ""
+        return f"{self.source}:{self.line}: {where}{self.message}"
+
+
+class ConfigError(Exception):
+    """A configuration with one or more mistakes; ``str()`` gives one line per mistake."""
+
+    def __init__(self, issues: list[ConfigIssue]) -> None:
+        self.issues = sorted(issues)
+        super().__init__("\n".join(str(i) for i in self.issues))
+
+
+# --------------------------------------------------------------------------- YAML with marks
+
+
+class LocMap(dict[Any, Any]):
+    """A YAML mapping that remembers the line of itself and of each key."""
+
+    line: int
+    lines: dict[Any, int]
+
+
+class LocList(list[Any]):
+    """A YAML sequence that remembers the line of itself and of each item."""
+
+    line: int
+    lines: list[int]
+
+
+class _Budget:
+    def __init__(self) -> None:
+        self.nodes = 0
+
+
+def _line(node: yaml.Node) -> int:
+    return int(node.start_mark.line) + 1
+
+
+def _convert(
+    node: yaml.Node, constructor: yaml.SafeLoader, budget: _Budget, depth: int,
+    issues: list[ConfigIssue], source: str,
+) -> Any:
+    budget.nodes += 1
+    if budget.nodes > MAX_NODES:
+        raise _FatalError(_line(node), f"document too large: more than {MAX_NODES} nodes "
+                     "after alias expansion")
+    if depth > MAX_DEPTH:
+        raise _FatalError(_line(node), f"nesting deeper than {MAX_DEPTH} levels")
+    if isinstance(node, yaml.MappingNode):
+        out = LocMap()
+        out.line, out.lines = _line(node), {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                raise _FatalError(_line(key_node), "YAML merge keys (<<) are not supported")
+            key = _convert(key_node, constructor, budget, depth + 1, issues, source)
+            if not isinstance(key, str | int | float | bool) and key is not None:
+                issues.append(ConfigIssue(_line(key_node), "", "mapping keys must be scalars",
+                                          source))
+                continue
+            if key in out:
+                issues.append(ConfigIssue(_line(key_node), str(key),
+                                          f"duplicate key (first at line {out.lines[key]})",
+                                          source))
+                continue
+            out[key] = _convert(value_node, constructor, budget, depth + 1, issues, source)
+            out.lines[key] = _line(key_node)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        seq = LocList()
+        seq.line, seq.lines = _line(node), []
+        for item in node.value:
+            seq.append(_convert(item, constructor, budget, depth + 1, issues, source))
+            seq.lines.append(_line(item))
+        return seq
+    return constructor.construct_object(node, deep=True)
+
+
+class _FatalError(Exception):
+    def __init__(self, line: int, message: str) -> None:
+        super().__init__(message)
+        self.line = line
+        self.message = message
+
+
+def parse_yaml(data: bytes | str, source: str) -> Any:
+    """Parse one YAML document into plain values that remember their line numbers."""
+    if isinstance(data, bytes):
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = data[: exc.start].count(b"\n") + 1
+            bad = f"not valid UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start})"
+            raise ConfigError([ConfigIssue(line, "", bad, source)]) from None
+    else:
+        text = data
+    issues: list[ConfigIssue] = []
+    try:
+        loader = yaml.SafeLoader(text)
+        try:
+            node = loader.get_single_node()
+            if node is None:
+                raise ConfigError([ConfigIssue(1, "", "empty document: expected a mapping with "
+                                               "a 'runs' list", source)])
+            value = _convert(node, loader, _Budget(), 0, issues, source)
+        finally:
+            loader.dispose()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = int(mark.line) + 1 if mark is not None else 1
+        problem = exc.problem or exc.context or "invalid YAML"
+        issue = ConfigIssue(line, "", f"YAML syntax error: {problem}", source)
+        raise ConfigError([issue]) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError([ConfigIssue(1, "", f"YAML error: {exc}", source)]) from None
+    except _FatalError as exc:
+        raise ConfigError([ConfigIssue(exc.line, "", exc.message, source)]) from None
+    except RecursionError:
+        raise ConfigError([ConfigIssue(1, "", "nesting too deep", source)]) from None
+    if issues:
+        raise ConfigError(issues)
+    return value
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from a Prometheus-style duration (``250ms``, ``1m30s``) or a number of seconds."""
+    if isinstance(value, bool):
+        raise ValueError(f"must be a duration like 250ms, 1s or 2m, got {value!r}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and _DURATION_RE.match(value.strip()):
+        seconds = sum(float(n) * _UNIT_SECONDS[u]
+                      for n, u in _DURATION_PART_RE.findall(value.strip()))
+    else:
+        raise ValueError(f"must be a duration like 250ms, 1s or 2m, got {value!r}")
+    if not math.isfinite(seconds):
+        raise ValueError(f"must be finite, got {value!r}")
+    return seconds
+
+
+class _Reader:
+    """Reads typed values out of a located mapping, recording every mistake."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.issues: list[ConfigIssue] = []
+
+    def error(self, line: int, path: str, message: str) -> None:
+        self.issues.append(ConfigIssue(line, path, message, self.source))
+
+    def mapping(self, value: Any, line: int, path: str) -> LocMap | None:
+        if isinstance(value, LocMap):
+            return value
+        self.error(line, path, f"must be a mapping, got {_kind(value)}")
+        return None
+
+    def unknown_keys(self, m: LocMap, path: str, allowed: Iterator[str] | tuple[str, ...]) -> None:
+        known = set(allowed)
+        for key in m:
+            if key not in known:
+                hint = ", ".join(sorted(known))
+                self.error(m.lines[key], _join(path, str(key)),
+                           f"unknown key (expected one of: {hint})")
+
+    def take(self, m: LocMap, path: str, key: str, convert: Callable[[Any], Any],
+             default: Any = None, required: bool = False) -> Any:
+        if key not in m:
+            if required:
+                self.error(m.line, _join(path, key), "required key is missing")
+            return default
+        try:
+            return convert(m[key])
+        except ValueError as exc:
+            self.error(m.lines[key], _join(path, key), str(exc))
+            return default
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    if isinstance(value, LocMap):
+        return "a mapping"
+    if isinstance(value, LocList):
+        return "a list"
+    return f"{type(value).__name__} {value!r}"
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool) or value is None:
+        raise ValueError(f"must be a number, got {_kind(value)}")
+    if isinstance(value, int | float):
+        try:
+            return float(value)
+        except OverflowError:
+            raise ValueError(f"must be a finite number, got {value!r}") from None
+    if isinstance(value, str):  # PyYAML reads 1e5 (no dot) as a string; accept it as a number
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    raise ValueError(f"must be a number, got {_kind(value)}")
+
+
+def finite(value: Any) -> float:
+    """A finite float."""
+    x = _number(value)
+    if not math.isfinite(x):
+        raise ValueError(f"must be finite, got {value!r}")
+    return x
+
+
+def positive(value: Any) -> float:
+    """A finite float > 0."""
+    x = finite(value)
+    if x <= 0:
+        raise ValueError(f"must be > 0, got {value!r}")
+    return x
+
+
+def integer(lo: int, hi: int) -> Callable[[Any], int]:
+    """A converter to an int in [lo, hi] (floats with a fraction and bools are rejected)."""
+    def convert(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"must be an integer, got {_kind(value)}")
+        if not lo <= value <= hi:
+            raise ValueError(f"must be between {lo} and {hi}, got {value}")
+        return value
+    return convert
+
+
+def boolean(value: Any) -> bool:
+    """A YAML boolean."""
+    if not isinstance(value, bool):
+        raise ValueError(f"must be true or false, got {_kind(value)}")
+    return value
+
+
+def interval(value: Any) -> float:
+    """A step interval: a duration of at least 1ms."""
+    seconds = parse_duration(value)
+    if seconds < 0.001:
+        raise ValueError(f"must be at least 1ms, got {value!r}")
+    return seconds
+
+
+_RUN_KEYS = ("name", "landscape", "init", "optimizer", "steps", "step_interval", "loop", "seed",
+             "detect")
+_DEFAULTS_KEYS = tuple(k for k in _RUN_KEYS if k != "name")
+_LANDSCAPE_KINDS = ("quadratic",)
+_OPTIMIZER_KINDS = ("sgd",)
+
+
+def _merge(defaults: LocMap, run: LocMap) -> LocMap:
+    """Deep-merge ``run`` over ``defaults``; keys keep the line where their value was written."""
+    out = LocMap()
+    out.line, out.lines = run.line, {}
+    for src in (defaults, run):
+        for key, value in src.items():
+            if isinstance(value, LocMap) and isinstance(out.get(key), LocMap):
+                value = _merge(out[key], value)
+            out[key] = value
+            out.lines[key] = src.lines[key]
+    return out
+
+
+def _landscape(r: _Reader, value: Any, line: int, path: str) -> Quadratic:
+    m = r.mapping(value, line, path)
+    if m is None:
+        return Quadratic()
+    kind = m.get("kind", "quadratic")
+    if kind not in _LANDSCAPE_KINDS:
+        r.error(m.lines.get("kind", m.line), _join(path, "kind"),
+                f"unknown landscape kind {kind!r} (expected one of: "
+                f"{', '.join(_LANDSCAPE_KINDS)})")
+        return Quadratic()
+    r.unknown_keys(m, path, ("kind", "a", "b", "c"))
+    return Quadratic(a=r.take(m, path, "a", positive, 1.0),
+                     c=r.take(m, path, "c", finite, 2.0),
+                     b=r.take(m, path, "b", finite, 1.0))
+
+
+def _optimizer(r: _Reader, value: Any, line: int, path: str) -> SGD:
+    m = r.mapping(value, line, path)
+    if m is None:
+        return SGD(learning_rate=0.1)
+    kind = m.get("kind", "sgd")
+    if kind not in _OPTIMIZER_KINDS:
+        r.error(m.lines.get("kind", m.line), _join(path, "kind"),
+                f"unknown optimizer kind {kind!r} (expected one of: "
+                f"{', '.join(_OPTIMIZER_KINDS)})")
+        return SGD(learning_rate=0.1)
+    r.unknown_keys(m, path, ("kind", "learning_rate"))
+    return SGD(learning_rate=r.take(m, path, "learning_rate", positive, 0.1, required=True))
+
+
+def _detection(r: _Reader, value: Any, line: int, path: str) -> Detection:
+    m = r.mapping(value, line, path)
+    if m is None:
+        return Detection()
+    d = Detection()
+    r.unknown_keys(m, path, tuple(Detection.__dataclass_fields__))
+    return Detection(
+        divergence_loss=r.take(m, path, "divergence_loss", positive, d.divergence_loss),
+        divergence_parameter=r.take(m, path, "divergence_parameter", positive,
+                                    d.divergence_parameter),
+        divergence_growth_steps=r.take(m, path, "divergence_growth_steps", integer(0, 10**6),
+                                       d.divergence_growth_steps),
+        stall_window=r.take(m, path, "stall_window", integer(1, 10_000), d.stall_window),
+        stall_min_improvement=r.take(m, path, "stall_min_improvement", positive,
+                                     d.stall_min_improvement),
+        converged_gradient_norm=r.take(m, path, "converged_gradient_norm", positive,
+                                       d.converged_gradient_norm),
+        oscillation_flip_steps=r.take(m, path, "oscillation_flip_steps", integer(0, 10**6),
+                                      d.oscillation_flip_steps),
+        oscillation_min_improvement=r.take(m, path, "oscillation_min_improvement", positive,
+                                           d.oscillation_min_improvement),
+    )
+
+
+def _init(value: Any) -> tuple[float, ...]:
+    if isinstance(value, LocList):
+        if len(value) != 1:
+            raise ValueError(f"the quadratic landscape has 1 parameter, got a list of {len(value)}")
+        return (finite(value[0]),)
+    return (finite(value),)
+
+
+def _run(r: _Reader, m: LocMap, path: str) -> RunSpec | None:
+    before = len(r.issues)
+    r.unknown_keys(m, path, _RUN_KEYS)
+    name = r.take(m, path, "name", _name, "", required=True)
+    landscape = (_landscape(r, m["landscape"], m.lines["landscape"], _join(path, "landscape"))
+                 if "landscape" in m else Quadratic())
+    if "optimizer" in m:
+        optimizer = _optimizer(r, m["optimizer"], m.lines["optimizer"], _join(path, "optimizer"))
+    else:
+        r.error(m.line, _join(path, "optimizer"), "required key is missing")
+        optimizer = SGD(learning_rate=0.1)
+    detect = (_detection(r, m["detect"], m.lines["detect"], _join(path, "detect"))
+              if "detect" in m else Detection())
+    spec = RunSpec(
+        name=name,
+        landscape=landscape,
+        init=r.take(m, path, "init", _init, (0.0,)),
+        optimizer=optimizer,
+        steps=r.take(m, path, "steps", integer(1, MAX_STEPS), 100),
+        step_interval=r.take(m, path, "step_interval", interval, 1.0),
+        loop=r.take(m, path, "loop", boolean, False),
+        seed=r.take(m, path, "seed", integer(0, MAX_SEED), 0),
+        detect=detect,
+    )
+    return spec if len(r.issues) == before else None
+
+
+def _name(value: Any) -> str:
+    if not isinstance(value, str) or not NAME_RE.match(value):
+        raise ValueError(f"must match [a-zA-Z0-9_.-]+, got {_kind(value)}")
+    if len(value) > 128:
+        raise ValueError(f"must be at most 128 characters, got {len(value)}")
+    return value
+
+
+def build_config(doc: Any, source: str) -> Config:
+    """Validate a parsed document; raise ConfigError listing every mistake."""
+    r = _Reader(source)
+    top = r.mapping(doc, getattr(doc, "line", 1), "")
+    if top is None:
+        raise ConfigError(r.issues)
+    r.unknown_keys(top, "", ("defaults", "runs"))
+    defaults = LocMap()
+    defaults.line, defaults.lines = top.line, {}
+    if "defaults" in top:
+        d = r.mapping(top["defaults"], top.lines["defaults"], "defaults")
+        if d is not None:
+            r.unknown_keys(d, "defaults", _DEFAULTS_KEYS)
+            defaults = d
+    runs = top.get("runs")
+    specs: list[RunSpec] = []
+    if "runs" not in top:
+        r.error(top.line, "runs", "required key is missing")
+    elif not isinstance(runs, LocList) or not runs:
+        r.error(top.lines["runs"], "runs", f"must be a non-empty list, got {_kind(runs)}")
+    else:
+        first_line: dict[str, int] = {}
+        for i, item in enumerate(runs):
+            path = f"runs[{i}]"
+            m = r.mapping(item, runs.lines[i], path)
+            if m is None:
+                continue
+            known_defaults = LocMap({k: v for k, v in defaults.items() if k in _DEFAULTS_KEYS})
+            known_defaults.line = defaults.line
+            known_defaults.lines = {k: defaults.lines[k] for k in known_defaults}
+            spec = _run(r, _merge(known_defaults, m), path)
+            name_line = m.lines.get("name", m.line)
+            name = m.get("name")
+            if isinstance(name, str) and name in first_line:
+                r.error(name_line, f"{path}.name",
+                        f"duplicate run name {name!r} (first at line {first_line[name]})")
+                continue
+            if isinstance(name, str):
+                first_line[name] = name_line
+            if spec is not None:
+                specs.append(spec)
+    if r.issues:
+        raise ConfigError(r.issues)
+    return Config(runs=tuple(specs), source=source)
+
+
+def load_config(data: bytes | str, source: str) -> Config:
+    """Parse and validate YAML text; raise ConfigError with every mistake."""
+    return build_config(parse_yaml(data, source), source)
+
+
+def load_file(path: str | Path) -> Config:
+    """Read, parse and validate a configuration file."""
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError([ConfigIssue(0, "", f"cannot read: {exc.strerror}", str(p))]) from None
+    return load_config(data, str(p))
+
+
+def load_default() -> Config:
+    """The configuration embedded in the package (configs/default.yaml)."""
+    from importlib.resources import files
+
+    data = files("simulator").joinpath("default.yaml").read_bytes()
+    return load_config(data, "<embedded default.yaml>")

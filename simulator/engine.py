@@ -1,0 +1,490 @@
+"""The simulation core: runs stepped together as numpy arrays (struct-of-arrays).
+
+Pure apart from its own arrays: no clock, no I/O, no logging. Time comes in as a number of
+simulated seconds (``now``); the caller decides how that relates to the wall clock. Each run's
+step index is a function of its elapsed run time (``progress // step_interval``), so however
+irregularly ``advance`` is called, a run is never skipped or doubled, and the values after step
+k depend only on the configuration and k: the same inputs give the same series bit for bit.
+
+Runs that share a landscape/optimizer kind and dimension form a ``Group`` and occupy a contiguous
+block of rows, so a tick in which every run steps works on slices, not index arrays.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from simulator import detectors
+from simulator.config import RunSpec
+
+Floats = NDArray[np.float64]
+Ints = NDArray[np.int64]
+Bools = NDArray[np.bool_]
+Index = slice | NDArray[np.intp]
+
+STATES = ("running", "converged", "stalled", "diverged", "finished")
+RUNNING, CONVERGED, STALLED, DIVERGED, FINISHED = range(len(STATES))
+ALERTS = ("divergence", "stall", "oscillation")
+
+# Parameters are exported as series only for runs this small (cardinality guard).
+MAX_EXPORTED_DIMS = 8
+# Tolerance when turning elapsed time into a step count, so 3 * 0.1 s counts as 3 steps.
+_TIME_EPS = 1e-9
+
+
+class QuadraticLandscape:
+    """J(w) = a * (w - c)^2 + b for a block of 1-D runs; grad = 2 a (w - c).
+
+    The optimizer works on the displacement z = w - c rather than on w: near the optimum
+    ``w - c`` would cancel most significant digits, while z keeps full relative precision, so
+    gradient and loss follow the closed form to a few ulps even at 1e-9 from the minimum.
+    The gradient with respect to z equals the gradient with respect to w.
+    """
+
+    kind = "quadratic"
+
+    def __init__(self, specs: Sequence[RunSpec]) -> None:
+        self.a = np.array([[s.landscape.a] for s in specs], dtype=np.float64)
+        self.c = np.array([[s.landscape.c] for s in specs], dtype=np.float64)
+        self.b = np.array([s.landscape.b for s in specs], dtype=np.float64)
+
+    def coordinates(self, w: Floats) -> Floats:
+        """Internal coordinates z of parameters w."""
+        result: Floats = w - self.c
+        return result
+
+    def parameters(self, z: Floats, sel: Index) -> Floats:
+        """Parameters w of internal coordinates z, for group members ``sel``."""
+        result: Floats = z + self.c[sel]
+        return result
+
+    def loss_grad(self, z: Floats, sel: Index) -> tuple[Floats, Floats]:
+        """Loss (m,) and gradient (m, d) at internal coordinates ``z`` for members ``sel``."""
+        a = self.a[sel]
+        grad = 2.0 * a * z
+        if z.shape[1] == 1:  # one parameter: skip a reduction over an axis of length 1
+            loss: Floats = grad[:, 0] * z[:, 0] * 0.5 + self.b[sel]
+        else:
+            loss = 0.5 * np.einsum("ij,ij->i", grad, z) + self.b[sel]
+        return loss, grad
+
+
+@dataclass
+class Group:
+    """Runs of one landscape/optimizer kind, in fleet rows ``start:stop``."""
+
+    start: int
+    stop: int
+    landscape: QuadraticLandscape
+    base_lr: Floats
+    w0: Floats
+    z0: Floats = field(init=False)
+    z: Floats = field(init=False)
+    grad: Floats = field(init=False)
+    prev_dw: Floats = field(init=False)
+    loss0: Floats = field(init=False)
+    grad0: Floats = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.z0 = self.landscape.coordinates(self.w0)
+        self.loss0, self.grad0 = self.landscape.loss_grad(self.z0, slice(None))
+        self.z = self.z0.copy()
+        self.grad = self.grad0.copy()
+        self.prev_dw = np.zeros_like(self.w0)
+
+    def parameters(self, local: Index = slice(None)) -> Floats:
+        """Current parameters w of members ``local``."""
+        return self.landscape.parameters(self.z[local], local)
+
+    @property
+    def dims(self) -> int:
+        """Parameters per run in this group."""
+        return int(self.w0.shape[1])
+
+    def fleet_rows(self, local: Index) -> Index:
+        """Fleet row index for a group-local index."""
+        if isinstance(local, slice):
+            return slice(self.start, self.stop)
+        return local + self.start
+
+
+def _group_key(spec: RunSpec) -> tuple[str, str, int]:
+    return (spec.landscape.kind, spec.optimizer.kind, spec.dims)
+
+
+@dataclass(frozen=True)
+class Transition:
+    """A run whose state changed during one ``advance``."""
+
+    run: str
+    old: str
+    new: str
+    step: int
+    loss: float
+
+
+@dataclass(frozen=True)
+class Events:
+    """What happened during one ``advance``: state transitions and restarts, in row order."""
+
+    transitions: tuple[Transition, ...] = ()
+    restarts: tuple[tuple[str, int], ...] = ()
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """An immutable, self-consistent view of every run, swapped in whole after each tick.
+
+    Arrays are read-only copies in fleet row order; ``generation`` increases with every swap.
+    """
+
+    generation: int
+    names: tuple[str, ...]
+    landscapes: tuple[str, ...]
+    optimizers: tuple[str, ...]
+    loss: Floats
+    gradient_norm: Floats
+    learning_rate: Floats
+    update_norm: Floats
+    steps: Floats
+    restarts: Floats
+    last_step_timestamp: Floats
+    state: NDArray[np.int8]
+    alerts: Bools  # (n, len(ALERTS))
+    # (first row, parameter matrix) for groups small enough to export their parameters
+    parameters: tuple[tuple[int, Floats], ...]
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+def _row_norm(x: Floats) -> Floats:
+    """Euclidean norm of each row (a plain absolute value for one column)."""
+    if x.shape[1] == 1:
+        return np.abs(x[:, 0])
+    result: Floats = np.sqrt(np.einsum("ij,ij->i", x, x))
+    return result
+
+
+def _row_absmax(x: Floats) -> Floats:
+    """Largest absolute entry of each row."""
+    if x.shape[1] == 1:
+        return np.abs(x[:, 0])
+    result: Floats = np.max(np.abs(x), axis=1)
+    return result
+
+
+def _row_dot(x: Floats, y: Floats) -> Floats:
+    """Dot product of matching rows."""
+    if x.shape[1] == 1:
+        result: Floats = x[:, 0] * y[:, 0]
+        return result
+    result = np.einsum("ij,ij->i", x, y)
+    return result
+
+
+def _frozen(a: NDArray[Any]) -> NDArray[Any]:
+    out = np.array(a, copy=True)
+    out.setflags(write=False)
+    return out
+
+
+class Engine:
+    """Steps a fleet of runs through simulated time; see the module docstring."""
+
+    def __init__(self, specs: Sequence[RunSpec], now: float = 0.0) -> None:
+        order = sorted(range(len(specs)), key=lambda i: _group_key(specs[i]))
+        self.specs: tuple[RunSpec, ...] = tuple(specs[i] for i in order)
+        ss = self.specs
+        n = len(ss)
+        self.names = tuple(s.name for s in ss)
+        self.row_of = {name: i for i, name in enumerate(self.names)}
+        self.now = now
+
+        def col(get: Any, dtype: Any) -> NDArray[Any]:
+            return np.array([get(s) for s in ss], dtype=dtype)
+
+        self.interval: Floats = col(lambda s: s.step_interval, np.float64)
+        self.steps_max: Ints = col(lambda s: s.steps, np.int64)
+        self.loop: Bools = col(lambda s: s.loop, np.bool_)
+        self.loss_limit: Floats = col(lambda s: s.detect.divergence_loss, np.float64)
+        self.param_limit: Floats = col(lambda s: s.detect.divergence_parameter, np.float64)
+        growth = col(lambda s: s.detect.divergence_growth_steps, np.int64)
+        # A rising streak can never reach this limit: 0 in the config switches the test off.
+        self.growth_limit: Ints = np.where(growth > 0, growth, np.iinfo(np.int64).max)
+        self.window: Ints = col(lambda s: s.detect.stall_window, np.int64)
+        self.min_improvement: Floats = col(lambda s: s.detect.stall_min_improvement, np.float64)
+        self.tolerance: Floats = col(lambda s: s.detect.converged_gradient_norm, np.float64)
+        self.flip_steps: Ints = col(lambda s: s.detect.oscillation_flip_steps, np.int64)
+        self.osc_improvement: Floats = col(lambda s: s.detect.oscillation_min_improvement,
+                                           np.float64)
+
+        self.groups: list[Group] = []
+        start = 0
+        while start < n:
+            stop = start
+            while stop < n and _group_key(ss[stop]) == _group_key(ss[start]):
+                stop += 1
+            block = ss[start:stop]
+            self.groups.append(Group(
+                start=start, stop=stop,
+                landscape=QuadraticLandscape(block),
+                base_lr=np.array([s.optimizer.learning_rate for s in block], dtype=np.float64),
+                w0=np.array([s.init for s in block], dtype=np.float64),
+            ))
+            start = stop
+
+        self.step: Ints = np.zeros(n, np.int64)
+        self.progress: Floats = np.zeros(n, np.float64)
+        self.restarts: Ints = np.zeros(n, np.int64)
+        self.loss: Floats = np.zeros(n, np.float64)
+        self.grad_norm: Floats = np.zeros(n, np.float64)
+        self.param_absmax: Floats = np.zeros(n, np.float64)
+        self.lr: Floats = np.zeros(n, np.float64)
+        self.update_norm: Floats = np.zeros(n, np.float64)
+        self.streak: Ints = np.zeros(n, np.int64)
+        self.flip_streak: Ints = np.zeros(n, np.int64)
+        # A power of two, so ring positions are a bitwise AND instead of an integer modulo.
+        self.hist_width = 1 << int(self.window.max()).bit_length() if n else 1
+        self.hist: Floats = np.zeros((n, self.hist_width), np.float64)
+        self._hist_base: Ints = np.arange(n, dtype=np.int64) * self.hist_width
+        self.diverged: Bools = np.zeros(n, np.bool_)
+        self.converged: Bools = np.zeros(n, np.bool_)
+        self.stalled: Bools = np.zeros(n, np.bool_)
+        self.oscillating: Bools = np.zeros(n, np.bool_)
+        self.state: NDArray[np.int8] = np.zeros(n, np.int8)
+        self.last_step_time: Floats = np.full(n, now, np.float64)
+        for g in self.groups:
+            self._reset(g, slice(None), now)
+
+    # ------------------------------------------------------------------ stepping
+
+    def _reset(self, g: Group, local: Index, at: Ints | Floats | float) -> None:
+        """Put group members back at step 0 (start of an attempt)."""
+        rows = g.fleet_rows(local)
+        g.z[local] = g.z0[local]
+        g.grad[local] = g.grad0[local]
+        g.prev_dw[local] = 0.0
+        self.step[rows] = 0
+        self.loss[rows] = g.loss0[local]
+        self.grad_norm[rows] = _row_norm(g.grad0[local])
+        self.param_absmax[rows] = _row_absmax(g.w0[local])
+        self.lr[rows] = g.base_lr[local]
+        self.update_norm[rows] = 0.0
+        self.streak[rows] = 0
+        self.flip_streak[rows] = 0
+        self.hist[rows] = g.loss0[local][:, None]
+        self.diverged[rows] = False
+        self.stalled[rows] = False
+        self.oscillating[rows] = False
+        self.converged[rows] = detectors.converged(self.grad_norm[rows], self.tolerance[rows])
+        self.last_step_time[rows] = at
+        self._update_state(rows)
+
+    def _update_state(self, rows: Index) -> None:
+        # converged and stalled exclude each other; finished outranks them, diverged outranks all.
+        state = self.converged[rows] * np.int8(CONVERGED) + self.stalled[rows] * np.int8(STALLED)
+        state = np.where(self.step[rows] >= self.steps_max[rows], np.int8(FINISHED), state)
+        self.state[rows] = np.where(self.diverged[rows], np.int8(DIVERGED), state)
+
+    def _step_group(self, g: Group, mask: Bools | None) -> None:
+        """One optimizer step plus detection for the members of ``g`` selected by ``mask``
+        (all of them if None).
+
+        Everything is computed on the group's contiguous block and committed through
+        ``mask``: with more than a few percent of rows stepping this beats gathering rows.
+        Diverged rows are held: their update is zero, so loss and gradient recompute to the same
+        bits, and their step count, timestamps and flags stay as they were.
+        """
+        rows = slice(g.start, g.stop)
+        held = self.diverged[rows].copy()
+        lr = g.base_lr
+        z = g.z
+        dw = g.grad * (-lr * ~held)[:, None]
+        z_new = z + dw
+        loss, grad = g.landscape.loss_grad(z_new, slice(None))
+        grad_norm = _row_norm(grad)
+        absmax = _row_absmax(g.landscape.parameters(z_new, slice(None)))
+        step = self.step[rows] + ~held
+        prev_loss = self.loss[rows]
+
+        finite = np.isfinite(loss) & np.isfinite(absmax) & np.isfinite(grad_norm)
+        if not finite.all():
+            # A run that produced a non-finite value holds its last finite values.
+            keep = ~finite
+            z_new[keep] = z[keep]
+            grad[keep] = g.grad[keep]
+            loss[keep] = prev_loss[keep]
+            grad_norm[keep] = self.grad_norm[rows][keep]
+            absmax[keep] = self.param_absmax[rows][keep]
+            dw[keep] = 0.0
+        streak = detectors.rising_streak(prev_loss, loss, self.streak[rows])
+        diverged = detectors.diverging(finite, loss, absmax, streak, self.loss_limit[rows],
+                                       self.param_limit[rows], self.growth_limit[rows]) | held
+
+        # Ring buffer of recent losses, addressed through the flattened array for speed.
+        base = self._hist_base[rows]
+        window = self.window[rows]
+        flat = self.hist.reshape(-1)
+        wrap = self.hist_width - 1
+        old = flat.take(base + ((step - window) & wrap))
+        slot = base + (step & wrap)
+        flat.put(slot, loss if mask is None else np.where(mask, loss, flat.take(slot)))
+        improvement = detectors.relative_improvement(old, loss)
+        have_window = step >= window
+        ok = ~diverged
+        is_converged = detectors.converged(grad_norm, self.tolerance[rows]) & ok
+        flips = detectors.flip_streak(_row_dot(dw, g.prev_dw), self.flip_streak[rows])
+        oscillating = detectors.oscillating(flips, improvement, have_window,
+                                            self.flip_steps[rows], self.osc_improvement[rows],
+                                            is_converged) & ok
+        stalled = detectors.stalled(improvement, have_window, self.min_improvement[rows],
+                                    is_converged) & ~oscillating & ok
+        # The moment of simulated time at which step k fell due.
+        stepped_at = np.where(held, self.last_step_time[rows],
+                              self.now - self.progress[rows] + step * self.interval[rows])
+        update_norm = np.where(held, self.update_norm[rows], _row_norm(dw))
+
+        column = None if mask is None else mask[:, None]
+        for dst, src, where in (
+            (g.z, z_new, column), (g.grad, grad, column), (g.prev_dw, dw, column),
+            (self.step[rows], step, mask), (self.loss[rows], loss, mask),
+            (self.grad_norm[rows], grad_norm, mask), (self.param_absmax[rows], absmax, mask),
+            (self.lr[rows], lr, mask), (self.update_norm[rows], update_norm, mask),
+            (self.streak[rows], streak, mask), (self.flip_streak[rows], flips, mask),
+            (self.diverged[rows], diverged, mask), (self.converged[rows], is_converged, mask),
+            (self.stalled[rows], stalled, mask), (self.oscillating[rows], oscillating, mask),
+            (self.last_step_time[rows], stepped_at, mask),
+        ):
+            if where is None:
+                dst[...] = src
+            else:
+                np.copyto(dst, src, where=where)
+        self._update_state(rows)
+
+    def _due(self) -> Ints:
+        due = np.floor(self.progress / self.interval + _TIME_EPS).astype(np.int64)
+        return np.minimum(due, self.steps_max)
+
+    def advance(self, now: float) -> Events:
+        """Bring every run to simulated time ``now`` (seconds); return what changed."""
+        # Rows that are not stepping are computed too and then masked out; a held, diverged
+        # row may overflow there, harmlessly.
+        with np.errstate(all="ignore"):
+            return self._advance(now)
+
+    def _advance(self, now: float) -> Events:
+        before_state = self.state.copy()
+        before_restarts = self.restarts.copy()
+        dt = max(0.0, now - self.now)
+        self.now = max(self.now, now)
+        self.progress += dt
+        period = (self.steps_max + 1) * self.interval
+        while True:
+            due = self._due()
+            need = (self.step < due) & ~self.diverged
+            while need.any():
+                for g in self.groups:
+                    block = need[g.start:g.stop]
+                    if (block | self.diverged[g.start:g.stop]).all():
+                        self._step_group(g, None)
+                    elif block.any():
+                        self._step_group(g, block)
+                need = (self.step < due) & ~self.diverged
+            restart = self.loop & (self.progress >= period - _TIME_EPS)
+            if not restart.any():
+                break
+            self.progress[restart] -= period[restart]
+            self.restarts[restart] += 1
+            for g in self.groups:
+                local = np.flatnonzero(restart[g.start:g.stop])
+                if local.size:
+                    rows = local + g.start
+                    self._reset(g, local, self.now - self.progress[rows])
+        return self._events(before_state, before_restarts)
+
+    def next_due(self) -> float:
+        """Simulated time at which the next step or restart falls due (inf if none will)."""
+        next_step = np.where(self.step < self.steps_max, (self.step + 1) * self.interval, np.inf)
+        next_step = np.where(self.diverged, np.inf, next_step)
+        restart = np.where(self.loop, (self.steps_max + 1) * self.interval, np.inf)
+        wait = np.minimum(next_step, restart) - self.progress
+        return float(self.now + max(0.0, float(wait.min()))) if len(wait) else float("inf")
+
+    def _events(self, before_state: NDArray[np.int8], before_restarts: Ints) -> Events:
+        changed = np.flatnonzero(self.state != before_state)
+        restarted = np.flatnonzero(self.restarts != before_restarts)
+        return Events(
+            transitions=tuple(
+                Transition(self.names[i], STATES[before_state[i]], STATES[self.state[i]],
+                           int(self.step[i]), float(self.loss[i]))
+                for i in changed),
+            restarts=tuple((self.names[i], int(self.restarts[i])) for i in restarted),
+        )
+
+    # ------------------------------------------------------------------ views
+
+    def snapshot(self, generation: int, wall_epoch: float = 0.0, speed: float = 1.0) -> Snapshot:
+        """An immutable copy of the exported state; times become ``wall_epoch + sim / speed``."""
+        alerts = np.stack([self.diverged, self.stalled, self.oscillating], axis=1)
+        return Snapshot(
+            generation=generation,
+            names=self.names,
+            landscapes=tuple(s.landscape.kind for s in self.specs),
+            optimizers=tuple(s.optimizer.kind for s in self.specs),
+            loss=_frozen(self.loss),
+            gradient_norm=_frozen(self.grad_norm),
+            learning_rate=_frozen(self.lr),
+            update_norm=_frozen(self.update_norm),
+            steps=_frozen(self.step.astype(np.float64)),
+            restarts=_frozen(self.restarts.astype(np.float64)),
+            last_step_timestamp=_frozen(wall_epoch + self.last_step_time / speed),
+            state=_frozen(self.state),
+            alerts=_frozen(alerts),
+            parameters=tuple((g.start, _frozen(g.parameters())) for g in self.groups
+                             if g.dims <= MAX_EXPORTED_DIMS),
+        )
+
+    def parameters(self, run: str) -> Floats:
+        """The current parameter vector of one run (a copy)."""
+        i = self.row_of[run]
+        g = self._group_of(i)
+        params: Floats = g.parameters(np.array([i - g.start]))[0]
+        return params
+
+    def reconfigured(self, specs: Sequence[RunSpec]) -> Engine:
+        """A new engine for ``specs`` at the same time; runs whose spec is unchanged keep all
+        their progress, new or changed runs start from step 0, removed runs are dropped."""
+        new = Engine(specs, now=self.now)
+        kept = [(self.row_of[s.name], new.row_of[s.name]) for s in new.specs
+                if s.name in self.row_of and self.specs[self.row_of[s.name]] == s]
+        if not kept:
+            return new
+        src = np.array([k[0] for k in kept])
+        dst = np.array([k[1] for k in kept])
+        for name in ("step", "progress", "restarts", "loss", "grad_norm", "param_absmax", "lr",
+                     "update_norm", "streak", "flip_streak", "diverged", "converged", "stalled",
+                     "oscillating", "state", "last_step_time"):
+            getattr(new, name)[dst] = getattr(self, name)[src]
+        # Re-index the loss ring buffer: column (step - j) keeps its meaning for recent j.
+        step = self.step[src]
+        for j in range(min(self.hist_width, new.hist_width)):
+            col = self.hist[src, (step - j) % self.hist_width]
+            new.hist[dst, (step - j) % new.hist_width] = col
+        for s_row, d_row in kept:
+            sg = self._group_of(s_row)
+            dg = new._group_of(d_row)
+            for name in ("z", "grad", "prev_dw"):
+                getattr(dg, name)[d_row - dg.start] = getattr(sg, name)[s_row - sg.start]
+        return new
+
+    def _group_of(self, row: int) -> Group:
+        for g in self.groups:
+            if g.start <= row < g.stop:
+                return g
+        raise IndexError(row)
