@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -71,31 +70,73 @@ RUN_STATE = Family("trainsim_run_state", "gauge",
 ALERT_ACTIVE = Family("trainsim_alert_active", "gauge",
                       "1 while the daemon's detector raises this alert for the run.",
                       ("run", "alert"))
+FAULT_ACTIVE = Family("trainsim_fault_active", "gauge",
+                      "1 while a fault of this kind is injected into the run (ground truth).",
+                      ("run", "fault"))
+FAULTS_INJECTED = Family("trainsim_faults_injected", "counter",
+                         "Faults of this kind whose window began on the run.", ("run", "fault"))
 FAMILIES: tuple[Family, ...] = (
-    *(f for f, _ in SCALARS), PARAMETER, RUN_INFO, RUN_STATE, ALERT_ACTIVE)
+    *(f for f, _ in SCALARS), PARAMETER, RUN_INFO, RUN_STATE, ALERT_ACTIVE, FAULT_ACTIVE,
+    FAULTS_INJECTED)
+# Families whose values are all 0 or 1: rendered from a lookup and cached while unchanged.
+_FLAGS = (RUN_INFO, RUN_STATE, ALERT_ACTIVE, FAULT_ACTIVE)
 
 _ZERO_ONE = ("0.0", "1.0")
 
+Labels = list[tuple[str, ...]]
+Rows = NDArray[np.int64]
 
-def _per_run_matrix(snap: Snapshot) -> Iterator[tuple[Family, list[tuple[str, ...]], list[float]]]:
-    """(family, label values per sample, value per sample), in exposition order."""
+
+def _layout(snap: Snapshot) -> dict[str, tuple[Labels, Rows]]:
+    """Per family, the label values of each sample and the run row each sample belongs to.
+
+    Depends only on the fleet (run names, parameter shapes, fault kinds in use).
+    """
     names = snap.names
-    for fam, attr in SCALARS:
-        yield fam, [(n,) for n in names], getattr(snap, attr).tolist()
-    labels: list[tuple[str, ...]] = []
-    values: list[float] = []
+    n = len(names)
+    every = np.arange(n, dtype=np.int64)
+    out: dict[str, tuple[Labels, Rows]] = {
+        fam.name: ([(nm,) for nm in names], every) for fam, _ in SCALARS}
+    labels: Labels = []
+    rows: list[int] = []
     for first, w in snap.parameters:
-        for i, row in enumerate(w.tolist()):
-            for j, v in enumerate(row):
+        for i in range(w.shape[0]):
+            for j in range(w.shape[1]):
                 labels.append((names[first + i], str(j)))
-                values.append(v)
-    yield PARAMETER, labels, values
-    yield RUN_INFO, list(zip(names, snap.landscapes, snap.optimizers, strict=True)), \
-        [1.0] * len(names)
-    onehot = (snap.state[:, None] == np.arange(len(STATES))).ravel().astype(float).tolist()
-    yield RUN_STATE, [(n, s) for n in names for s in STATES], onehot
-    yield ALERT_ACTIVE, [(n, a) for n in names for a in ALERTS], \
-        snap.alerts.ravel().astype(float).tolist()
+                rows.append(first + i)
+    out[PARAMETER.name] = (labels, np.array(rows, dtype=np.int64))
+    out[RUN_INFO.name] = (list(zip(names, snap.landscapes, snap.optimizers, strict=True)), every)
+    out[RUN_STATE.name] = ([(nm, st) for nm in names for st in STATES],
+                           np.repeat(every, len(STATES)))
+    out[ALERT_ACTIVE.name] = ([(nm, al) for nm in names for al in ALERTS],
+                              np.repeat(every, len(ALERTS)))
+    pair_labels: Labels = [(names[r], k) for r, k in snap.fault_pairs]
+    pairs = (pair_labels, np.array([r for r, _ in snap.fault_pairs], dtype=np.int64))
+    out[FAULT_ACTIVE.name] = pairs
+    out[FAULTS_INJECTED.name] = pairs
+    return out
+
+
+def _values(snap: Snapshot, fam: Family) -> NDArray[np.float64]:
+    """The value of every sample of ``fam``, in layout order."""
+    for f, attr in SCALARS:
+        if f is fam:
+            result: NDArray[np.float64] = getattr(snap, attr)
+            return result
+    if fam is PARAMETER:
+        params: NDArray[np.float64] = np.concatenate(
+            [w.ravel() for _, w in snap.parameters] or [np.zeros(0)])
+        return params
+    if fam is RUN_INFO:
+        return np.ones(len(snap.names))
+    if fam is RUN_STATE:
+        onehot: NDArray[np.bool_] = snap.state[:, None] == np.arange(len(STATES))
+        return onehot.ravel().astype(np.float64)
+    if fam is ALERT_ACTIVE:
+        return snap.alerts.ravel().astype(np.float64)
+    if fam is FAULT_ACTIVE:
+        return snap.fault_active.astype(np.float64)
+    return snap.faults_injected
 
 
 class TrainsimCollector:
@@ -105,12 +146,17 @@ class TrainsimCollector:
         self._snapshot = snapshot
 
     def collect(self) -> Iterator[Metric]:
-        """Build fresh metric families from one snapshot."""
-        for fam, labels, values in _per_run_matrix(self._snapshot()):
+        """Build fresh metric families from one snapshot; crashed runs have no series."""
+        snap = self._snapshot()
+        layout = _layout(snap)
+        for fam in FAMILIES:
+            labels, rows = layout[fam.name]
+            keep = snap.present[rows].tolist()
             cls = CounterMetricFamily if fam.kind == "counter" else GaugeMetricFamily
             mf = cls(fam.name, fam.help, labels=list(fam.labels))
-            for lv, v in zip(labels, values, strict=True):
-                mf.add_metric(list(lv), v)
+            for lv, v, k in zip(labels, _values(snap, fam).tolist(), keep, strict=True):
+                if k:
+                    mf.add_metric(list(lv), v)
             yield mf
 
     def describe(self) -> list[Metric]:
@@ -134,51 +180,48 @@ def _header(fam: Family, openmetrics: bool) -> str:
 class Renderer:
     """Writes the per-run families of a snapshot in the text or OpenMetrics format.
 
-    Label prefixes depend only on the fleet's run names, so they are built once per fleet.
+    Label prefixes depend only on the fleet, so they are built once per fleet; blocks of 0/1
+    flags are cached while their values do not change.
     """
 
     def __init__(self) -> None:
-        self._names: tuple[str, ...] | None = None
-        self._prefixes: dict[str, list[str]] = {}
+        self._key: tuple[object, ...] | None = None
+        self._prefixes: dict[str, tuple[list[str], Rows]] = {}
         self._blocks: dict[str, tuple[bytes, str]] = {}
 
-    def _layout(self, snap: Snapshot) -> dict[str, list[str]]:
-        if snap.names is not self._names:
-            self._prefixes = {}
-            for fam, labels, _ in _per_run_matrix(snap):
-                self._prefixes[fam.name] = [_label_prefix(fam, lv) for lv in labels]
-            self._names = snap.names
+    def _layout(self, snap: Snapshot) -> dict[str, tuple[list[str], Rows]]:
+        key = (snap.names, snap.fault_pairs, tuple(w.shape for _, w in snap.parameters))
+        if key != self._key:
+            self._prefixes = {
+                name: ([_label_prefix(_FAMILY[name], lv) for lv in labels], rows)
+                for name, (labels, rows) in _layout(snap).items()}
+            self._key = key
             self._blocks = {}
         return self._prefixes
 
     def render(self, snap: Snapshot, openmetrics: bool = False) -> str:
         """The per-run part of a scrape (no ``# EOF``), byte-identical to prometheus_client."""
-        prefixes = self._layout(snap)
+        layout = self._layout(snap)
+        all_present = bool(snap.present.all())
         parts: list[str] = []
-        for fam, attr in SCALARS:
+        for fam in FAMILIES:
             parts.append(_header(fam, openmetrics))
-            parts.append(_lines(prefixes[fam.name], format_floats(getattr(snap, attr))))
-        parts.append(_header(PARAMETER, openmetrics))
-        params = [v for _, w in snap.parameters for v in format_floats(w.ravel())]
-        parts.append(_lines(prefixes[PARAMETER.name], params))
-        parts.append(_header(RUN_INFO, openmetrics))
-        parts.append(self._cached(RUN_INFO, b"", lambda: ["1.0"] * len(snap.names)))
-        parts.append(_header(RUN_STATE, openmetrics))
-        parts.append(self._cached(RUN_STATE, snap.state.tobytes(), lambda: _zero_one(
-            snap.state[:, None] == np.arange(len(STATES)))))
-        parts.append(_header(ALERT_ACTIVE, openmetrics))
-        parts.append(self._cached(ALERT_ACTIVE, snap.alerts.tobytes(),
-                                  lambda: _zero_one(snap.alerts)))
+            prefixes, rows = layout[fam.name]
+            keep = None if all_present else snap.present[rows]
+            values = _values(snap, fam)
+            if fam in _FLAGS:
+                key = values.tobytes() + (b"" if keep is None else keep.tobytes())
+                hit = self._blocks.get(fam.name)
+                if hit is None or hit[0] != key:
+                    text = _lines(prefixes, [_ZERO_ONE[int(v)] for v in values.tolist()], keep)
+                    hit = self._blocks[fam.name] = (key, text)
+                parts.append(hit[1])
+            else:
+                parts.append(_lines(prefixes, format_floats(values), keep))
         return "".join(parts)
 
-    def _cached(self, fam: Family, key: bytes, values: Callable[[], list[str]]) -> str:
-        """A block whose text depends only on ``key`` (state and alert flags change rarely)."""
-        hit = self._blocks.get(fam.name)
-        if hit is not None and hit[0] == key:
-            return hit[1]
-        text = _lines(self._prefixes[fam.name], values())
-        self._blocks[fam.name] = (key, text)
-        return text
+
+_FAMILY = {f.name: f for f in FAMILIES}
 
 
 def format_floats(values: NDArray[np.float64]) -> list[str]:
@@ -193,14 +236,12 @@ def format_floats(values: NDArray[np.float64]) -> list[str]:
     return out
 
 
-def _zero_one(flags: NDArray[np.bool_]) -> list[str]:
-    return [_ZERO_ONE[b] for b in flags.ravel().tolist()]
-
-
-def _lines(prefixes: list[str], values: Any) -> str:
-    if not prefixes:
-        return ""
-    return "\n".join(map(str.__add__, prefixes, values)) + "\n"
+def _lines(prefixes: list[str], values: list[str], keep: NDArray[np.bool_] | None) -> str:
+    if keep is None:
+        lines = list(map(str.__add__, prefixes, values))
+    else:
+        lines = [p + v for p, v, k in zip(prefixes, values, keep.tolist(), strict=True) if k]
+    return "\n".join(lines) + "\n" if lines else ""
 
 
 class DaemonMetrics:

@@ -62,6 +62,38 @@ class Detection:
     oscillation_min_improvement: float = 1e-2
 
 
+# Fault kinds and their parameters with defaults; docs/faults.md says what each one does.
+FAULT_PARAMS: dict[str, dict[str, float]] = {
+    "lr_spike": {"factor": 10.0},
+    "gradient_explosion": {"factor": 100.0},
+    "nan": {},
+    "plateau": {"factor": 0.01},
+    "drift": {"shift": 2.0},
+    "noise_burst": {"factor": 10.0, "sigma": 1.0},
+    "slow_steps": {"factor": 4.0},
+    "hang": {},
+    "crash": {},
+}
+FAULT_KINDS = tuple(FAULT_PARAMS)
+# Kinds that need a finite window: a drift ramps over it, a crash ends with the restart.
+DEFAULT_DURATION = {"drift": 60.0, "crash": 30.0}
+
+
+@dataclass(frozen=True)
+class FaultSpec:
+    """A fault on a run's timeline: ``at`` seconds after the run started, for ``duration``
+    seconds (``inf``: until cleared), with the kind's parameters."""
+
+    kind: str
+    at: float
+    duration: float
+    params: tuple[tuple[str, float], ...] = ()
+
+    def param(self, name: str) -> float:
+        """A parameter's value (the kind's default when not given)."""
+        return dict(self.params).get(name, FAULT_PARAMS[self.kind][name])
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """One simulated training run, fully resolved (defaults merged)."""
@@ -75,6 +107,7 @@ class RunSpec:
     loop: bool
     seed: int
     detect: Detection
+    faults: tuple[FaultSpec, ...] = ()
 
     @property
     def dims(self) -> int:
@@ -352,7 +385,7 @@ def interval(value: Any) -> float:
 
 
 _RUN_KEYS = ("name", "landscape", "init", "optimizer", "steps", "step_interval", "loop", "seed",
-             "detect")
+             "detect", "faults")
 _DEFAULTS_KEYS = tuple(k for k in _RUN_KEYS if k != "name")
 _LANDSCAPE_KINDS = ("quadratic",)
 _OPTIMIZER_KINDS = ("sgd",)
@@ -425,6 +458,87 @@ def _detection(r: _Reader, value: Any, line: int, path: str) -> Detection:
     )
 
 
+def fault_spec(r: _Reader, value: Any, line: int, path: str, step_interval: float,
+               at_default: float | None = None) -> FaultSpec | None:
+    """Read one fault mapping (YAML or API body); ``None`` after recording its mistakes.
+
+    ``at``/``at_step`` place it on the run's timeline (``at_default`` is used when both are
+    absent: the API injects now); ``duration``/``steps`` give its length; every other key is
+    a parameter of the kind.
+    """
+    m = r.mapping(value, line, path)
+    if m is None:
+        return None
+    before = len(r.issues)
+    kind = m.get("kind")
+    if kind not in FAULT_PARAMS:
+        r.error(m.lines.get("kind", m.line), _join(path, "kind"),
+                "required key is missing" if "kind" not in m else
+                f"unknown fault kind {kind!r} (expected one of: {', '.join(FAULT_KINDS)})")
+        return None
+    timing = ("at", "at_step", "duration", "steps")
+    r.unknown_keys(m, path, ("kind", *timing, *FAULT_PARAMS[kind]))
+    for a, b in (("at", "at_step"), ("duration", "steps")):
+        if a in m and b in m:
+            r.error(m.lines[b], _join(path, b), f"give either {a} or {b}, not both")
+    at = r.take(m, path, "at", _non_negative_duration, None)
+    if "at_step" in m:
+        at = r.take(m, path, "at_step", integer(0, MAX_STEPS), 0) * step_interval
+    if at is None:
+        if at_default is None:
+            r.error(m.line, _join(path, "at"), "required key is missing (or give at_step)")
+            return None
+        at = at_default
+    duration = r.take(m, path, "duration", _positive_duration, None)
+    if "steps" in m:
+        duration = r.take(m, path, "steps", integer(1, MAX_STEPS), 1) * step_interval
+    if duration is None:
+        duration = DEFAULT_DURATION.get(kind, math.inf)
+    params = []
+    for name in FAULT_PARAMS[kind]:
+        if name in m:
+            convert = _at_least_one if (kind, name) == ("slow_steps", "factor") else (
+                finite if name == "shift" else positive)
+            params.append((name, r.take(m, path, name, convert, FAULT_PARAMS[kind][name])))
+    if len(r.issues) != before:
+        return None
+    return FaultSpec(kind=kind, at=float(at), duration=float(duration), params=tuple(params))
+
+
+def _non_negative_duration(value: Any) -> float:
+    seconds = parse_duration(value)
+    if seconds < 0:
+        raise ValueError(f"must be >= 0, got {value!r}")
+    return seconds
+
+
+def _positive_duration(value: Any) -> float:
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError(f"must be > 0, got {value!r}")
+    return seconds
+
+
+def _at_least_one(value: Any) -> float:
+    x = finite(value)
+    if x < 1:
+        raise ValueError(f"must be >= 1, got {value!r}")
+    return x
+
+
+def _faults(r: _Reader, value: Any, line: int, path: str,
+            step_interval: float) -> tuple[FaultSpec, ...]:
+    if not isinstance(value, LocList):
+        r.error(line, path, f"must be a list, got {_kind(value)}")
+        return ()
+    out = []
+    for i, item in enumerate(value):
+        spec = fault_spec(r, item, value.lines[i], f"{path}[{i}]", step_interval)
+        if spec is not None:
+            out.append(spec)
+    return tuple(out)
+
+
 def _init(value: Any) -> tuple[float, ...]:
     if isinstance(value, LocList):
         if len(value) != 1:
@@ -446,16 +560,20 @@ def _run(r: _Reader, m: LocMap, path: str) -> RunSpec | None:
         optimizer = SGD(learning_rate=0.1)
     detect = (_detection(r, m["detect"], m.lines["detect"], _join(path, "detect"))
               if "detect" in m else Detection())
+    step_interval = r.take(m, path, "step_interval", interval, 1.0)
+    faults = (_faults(r, m["faults"], m.lines["faults"], _join(path, "faults"), step_interval)
+              if "faults" in m else ())
     spec = RunSpec(
         name=name,
         landscape=landscape,
         init=r.take(m, path, "init", _init, (0.0,)),
         optimizer=optimizer,
         steps=r.take(m, path, "steps", integer(1, MAX_STEPS), 100),
-        step_interval=r.take(m, path, "step_interval", interval, 1.0),
+        step_interval=step_interval,
         loop=r.take(m, path, "loop", boolean, False),
         seed=r.take(m, path, "seed", integer(0, MAX_SEED), 0),
         detect=detect,
+        faults=faults,
     )
     return spec if len(r.issues) == before else None
 

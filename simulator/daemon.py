@@ -7,9 +7,11 @@ own ``clock`` and call ``tick()`` to drive time without sleeping.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import structlog
@@ -17,8 +19,9 @@ from prometheus_client import CollectorRegistry, ProcessCollector, generate_late
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
 from simulator.collector import DaemonMetrics, Renderer
-from simulator.config import Config
+from simulator.config import FAULT_PARAMS, Config, FaultSpec, LocMap, _Reader, fault_spec
 from simulator.engine import ALERTS, STATES, Engine, Events, Snapshot
+from simulator.faults import FaultRecord
 from simulator.server import gzip_bytes
 
 # The loop never sleeps longer than this, so signals and reloads are handled promptly.
@@ -27,6 +30,19 @@ MIN_TICK_SECONDS = 0.001
 _EVENT_FOR_STATE = {"running": "run_recovered", "converged": "run_converged",
                     "stalled": "run_stalled", "diverged": "run_diverged",
                     "finished": "run_finished"}
+
+
+class ControlError(Exception):
+    """A control request that cannot be applied: HTTP status, message, offending field."""
+
+    def __init__(self, status: int, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.field = field
+
+
+_API_FAULT_KEYS = ("kind", "duration", "steps", "params")
 
 
 class Daemon:
@@ -53,6 +69,8 @@ class Daemon:
         self.metrics.reload_time.set(self._wall0)
         self._renderer = Renderer()
         self._render_lock = threading.Lock()
+        # Serializes everything that touches the engine: ticks, reloads, control requests.
+        self._engine_lock = threading.RLock()
         self._cache: dict[tuple[bool, bool], tuple[int, bytes]] = {}
         self._generation = 0
         self.snapshot: Snapshot = self._publish()
@@ -67,14 +85,24 @@ class Daemon:
 
     def tick(self) -> Events:
         """Advance every run to now, log what changed, publish a fresh snapshot."""
-        events = self.engine.advance(self.sim_now())
+        with self._engine_lock:
+            events = self.engine.advance(self.sim_now())
+            self._log_events(events)
+            self.snapshot = self._publish()
+        return events
+
+    def _log_events(self, events: Events) -> None:
+        for f in events.faults_injected:
+            self.log.info("fault_injected", run=f.run, fault_id=f.id, fault=f.kind,
+                          source=f.source)
+        for f in events.faults_cleared:
+            self.log.info("fault_cleared", run=f.run, fault_id=f.id, fault=f.kind,
+                          source=f.source)
         for t in events.transitions:
             self.log.info(_EVENT_FOR_STATE[t.new], run=t.run, previous_state=t.old, step=t.step,
                           loss=t.loss)
         for run, restarts in events.restarts:
             self.log.info("run_restarted", run=run, restarts=restarts)
-        self.snapshot = self._publish()
-        return events
 
     def seconds_until_next_step(self) -> float:
         """Wall seconds the loop may wait before the next step falls due."""
@@ -89,7 +117,11 @@ class Daemon:
 
     def apply(self, config: Config) -> None:
         """Switch to a validated config; unchanged runs keep their progress and series."""
-        self.engine.advance(self.sim_now())
+        with self._engine_lock:
+            self._apply(config)
+
+    def _apply(self, config: Config) -> None:
+        self._log_events(self.engine.advance(self.sim_now()))
         before = {s.name: s for s in self.config.runs}
         self.engine = self.engine.reconfigured(config.runs)
         old, new = set(before), set(self.engine.names)
@@ -143,3 +175,128 @@ class Daemon:
                  "loss": float(s.loss[i]),
                  "alerts": [a for j, a in enumerate(ALERTS) if s.alerts[i, j]]}
                 for i in range(len(s))]
+
+    # ------------------------------------------------------------------ control
+
+    @contextmanager
+    def _control(self, run: str) -> Iterator[None]:
+        """Bring the engine to now, run a change under the lock, publish the result."""
+        with self._engine_lock:
+            if run not in self.engine.row_of:
+                raise ControlError(404, f"unknown run {run!r}")
+            self._log_events(self.engine.advance(self.sim_now()))
+            yield
+            self._log_events(self.engine.advance(self.engine.now))
+            self.snapshot = self._publish()
+
+    def inject(self, run: str, body: Any) -> dict[str, Any]:
+        """Inject a fault now from an API body ``{kind, duration|steps, params}``."""
+        spec = self._fault_from_body(run, body)
+        with self._control(run):
+            rec = self.engine.inject(run, spec)
+        return _fault_view(rec, self.engine.now)
+
+    def _fault_from_body(self, run: str, body: Any) -> FaultSpec:
+        if not isinstance(body, dict):
+            raise ControlError(400, "body must be a JSON object")
+        for key in body:
+            if key not in _API_FAULT_KEYS:
+                raise ControlError(422, f"unknown field (expected one of: "
+                                   f"{', '.join(_API_FAULT_KEYS)})", str(key))
+        params = body.get("params", {})
+        if not isinstance(params, dict):
+            raise ControlError(422, "must be an object", "params")
+        flat = LocMap({k: v for k, v in body.items() if k != "params"})
+        for key, value in params.items():
+            if key in flat or key in ("at", "at_step"):
+                raise ControlError(422, "not a parameter of this fault kind", f"params.{key}")
+            flat[key] = value
+        flat.line, flat.lines = 0, dict.fromkeys(flat, 0)
+        reader = _Reader("<request>")
+        interval = self.engine.specs[self.engine.row_of[run]].step_interval \
+            if run in self.engine.row_of else 1.0
+        spec = fault_spec(reader, flat, 0, "", interval, at_default=0.0)
+        if spec is None:
+            issue = reader.issues[0]
+            field = issue.path if issue.path in ("kind", "duration", "steps") or not issue.path \
+                else f"params.{issue.path}"
+            raise ControlError(422, issue.message, field or None)
+        return spec
+
+    def clear(self, run: str, fault_id: str) -> dict[str, Any]:
+        """End an injected or scheduled fault of ``run`` now."""
+        with self._control(run):
+            try:
+                rec = self.engine.clear(run, fault_id)
+            except KeyError:
+                raise ControlError(404, f"run {run!r} has no fault {fault_id!r}") from None
+        return _fault_view(rec, self.engine.now)
+
+    def pause(self, run: str) -> dict[str, Any]:
+        """Stop a run from stepping (its series stay)."""
+        with self._control(run):
+            self.engine.set_paused(run, True)
+        self.log.info("run_paused", run=run)
+        return self.run_view(run)
+
+    def resume(self, run: str) -> dict[str, Any]:
+        """Let a paused run step again."""
+        with self._control(run):
+            self.engine.set_paused(run, False)
+        self.log.info("run_resumed", run=run)
+        return self.run_view(run)
+
+    def restart(self, run: str) -> dict[str, Any]:
+        """Restart a run from step 0, as a rescheduled job."""
+        with self._control(run):
+            self.engine.restart(run)
+        return self.run_view(run)
+
+    def run_view(self, run: str) -> dict[str, Any]:
+        """One run as the API shows it."""
+        with self._engine_lock:
+            if run not in self.engine.row_of:
+                raise ControlError(404, f"unknown run {run!r}")
+            return self._run_view(self.engine.row_of[run])
+
+    def runs_view(self) -> list[dict[str, Any]]:
+        """Every run as the API shows it, in configuration order."""
+        with self._engine_lock:
+            rows = [self.engine.row_of[s.name] for s in self.config.runs
+                    if s.name in self.engine.row_of]
+            return [self._run_view(i) for i in rows]
+
+    def _run_view(self, i: int) -> dict[str, Any]:
+        e, s = self.engine, self.snapshot
+        name = e.names[i]
+        return {
+            "run": name,
+            "state": STATES[e.state[i]],
+            "step": int(e.step[i]),
+            "loss": _finite_or_none(float(s.loss[i])) if i < len(s) else None,
+            "gradient_norm": _finite_or_none(float(e.grad_norm[i])),
+            "learning_rate": float(e.lr[i]),
+            "restarts": int(e.restarts[i]),
+            "paused": bool(e.paused[i]),
+            "present": bool(~e.mods.absent[i]),
+            "alerts": [a for a, on in zip(ALERTS, (e.diverged[i], e.stalled[i],
+                                                    e.oscillating[i]), strict=True) if on],
+            "faults": [_fault_view(r, e.now) for r in e.active_faults(name)],
+        }
+
+
+def _finite_or_none(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+def _fault_view(rec: FaultRecord, now: float) -> dict[str, Any]:
+    return {
+        "id": rec.id,
+        "run": rec.run,
+        "kind": rec.kind,
+        "source": rec.source,
+        "active": rec.start <= now < rec.end,
+        "duration_seconds": _finite_or_none(rec.spec.duration),
+        "remaining_seconds": _finite_or_none(max(0.0, rec.end - now)),
+        "params": {**FAULT_PARAMS[rec.kind], **dict(rec.spec.params)},
+    }

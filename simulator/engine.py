@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from simulator import detectors
-from simulator.config import RunSpec
+from simulator import detectors, rng
+from simulator.config import FAULT_KINDS, FaultSpec, RunSpec
+from simulator.faults import FaultRecord, FaultTable, Modifiers
 
 Floats = NDArray[np.float64]
 Ints = NDArray[np.int64]
@@ -35,6 +36,8 @@ ALERTS = ("divergence", "stall", "oscillation")
 MAX_EXPORTED_DIMS = 8
 # Tolerance when turning elapsed time into a step count, so 3 * 0.1 s counts as 3 steps.
 _TIME_EPS = 1e-9
+# Random streams of a run (counter-based, see rng.py).
+_STREAM_GRADIENT_NOISE = 1
 
 
 class QuadraticLandscape:
@@ -129,11 +132,23 @@ class Transition:
 
 
 @dataclass(frozen=True)
+class FaultEvent:
+    """A fault window that began or ended."""
+
+    run: str
+    id: str
+    kind: str
+    source: str
+
+
+@dataclass(frozen=True)
 class Events:
-    """What happened during one ``advance``: state transitions and restarts, in row order."""
+    """What happened during one ``advance``: state transitions, restarts, fault windows."""
 
     transitions: tuple[Transition, ...] = ()
     restarts: tuple[tuple[str, int], ...] = ()
+    faults_injected: tuple[FaultEvent, ...] = ()
+    faults_cleared: tuple[FaultEvent, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -158,6 +173,11 @@ class Snapshot:
     alerts: Bools  # (n, len(ALERTS))
     # (first row, parameter matrix) for groups small enough to export their parameters
     parameters: tuple[tuple[int, Floats], ...]
+    present: Bools  # False while a run is crashed: its series vanish
+    # Ground truth of faults: one entry per (row, kind) the run has ever had scheduled or injected
+    fault_pairs: tuple[tuple[int, str], ...] = ()
+    fault_active: Bools = field(default_factory=lambda: np.zeros(0, np.bool_))
+    faults_injected: Floats = field(default_factory=lambda: np.zeros(0))
 
     def __len__(self) -> int:
         return len(self.names)
@@ -195,9 +215,15 @@ def _frozen(a: NDArray[Any]) -> NDArray[Any]:
 
 
 class Engine:
-    """Steps a fleet of runs through simulated time; see the module docstring."""
+    """Steps a fleet of runs through simulated time; see the module docstring.
 
-    def __init__(self, specs: Sequence[RunSpec], now: float = 0.0) -> None:
+    Faults live on each run's timeline (seconds since the run started, across restarts).
+    ``advance`` cuts time at every fault start and end, so a fault affects exactly the steps
+    that fall due inside its window, however the calls to ``advance`` are spaced.
+    """
+
+    def __init__(self, specs: Sequence[RunSpec], now: float = 0.0, next_fault_id: int = 1,
+                 ) -> None:
         order = sorted(range(len(specs)), key=lambda i: _group_key(specs[i]))
         self.specs: tuple[RunSpec, ...] = tuple(specs[i] for i in order)
         ss = self.specs
@@ -223,6 +249,7 @@ class Engine:
         self.flip_steps: Ints = col(lambda s: s.detect.oscillation_flip_steps, np.int64)
         self.osc_improvement: Floats = col(lambda s: s.detect.oscillation_min_improvement,
                                            np.float64)
+        self.keys = np.array([rng.run_key(s.seed, s.name) for s in ss], dtype=np.uint64)
 
         self.groups: list[Group] = []
         start = 0
@@ -239,6 +266,8 @@ class Engine:
             ))
             start = stop
 
+        self.born: Floats = np.full(n, now, np.float64)
+        self.paused: Bools = np.zeros(n, np.bool_)
         self.step: Ints = np.zeros(n, np.int64)
         self.progress: Floats = np.zeros(n, np.float64)
         self.restarts: Ints = np.zeros(n, np.int64)
@@ -247,6 +276,7 @@ class Engine:
         self.param_absmax: Floats = np.zeros(n, np.float64)
         self.lr: Floats = np.zeros(n, np.float64)
         self.update_norm: Floats = np.zeros(n, np.float64)
+        self.drift: Floats = np.zeros(n, np.float64)  # how far each optimum has moved
         self.streak: Ints = np.zeros(n, np.int64)
         self.flip_streak: Ints = np.zeros(n, np.int64)
         # A power of two, so ring positions are a bitwise AND instead of an integer modulo.
@@ -259,17 +289,106 @@ class Engine:
         self.oscillating: Bools = np.zeros(n, np.bool_)
         self.state: NDArray[np.int8] = np.zeros(n, np.int8)
         self.last_step_time: Floats = np.full(n, now, np.float64)
+
+        self._next_fault_id = next_fault_id
+        self.fault_records: list[FaultRecord] = []
+        for s in ss:
+            for f in s.faults:
+                self._add_fault(s.name, f, now + f.at, "config")
+        self.injected_counts: dict[tuple[str, str], int] = {}
+        self._pending_events: list[tuple[str, FaultEvent]] = []
+        self._rebuild_faults()
         for g in self.groups:
             self._reset(g, slice(None), now)
+        self._on_boundary(now)
+
+    # ------------------------------------------------------------------ faults
+
+    def _add_fault(self, run: str, spec: FaultSpec, start: float, source: str) -> FaultRecord:
+        rec = FaultRecord(id=str(self._next_fault_id), run=run, spec=spec, start=start,
+                          end=start + spec.duration, source=source)
+        self._next_fault_id += 1
+        self.fault_records.append(rec)
+        return rec
+
+    def _rebuild_faults(self) -> None:
+        self.faults = FaultTable(self.fault_records, self.row_of, len(self.names))
+        kinds = {(self.row_of[r.run], r.kind) for r in self.fault_records}
+        self.fault_pairs = tuple(sorted(kinds, key=lambda p: (p[0], FAULT_KINDS.index(p[1]))))
+        self.mods = self.faults.modifiers(self.now, self.paused)
+
+    def _on_boundary(self, t: float) -> None:
+        """Apply what starts or ends at ``t``: count new faults, restart crashed runs."""
+        for rec in self.fault_records:
+            if not rec.counted and rec.start <= t:
+                rec.counted = True
+                key = (rec.run, rec.kind)
+                self.injected_counts[key] = self.injected_counts.get(key, 0) + 1
+                self._pending_events.append(("injected", _fault_event(rec)))
+            if rec.end == t:
+                self._pending_events.append(("cleared", _fault_event(rec)))
+        was_absent = self.mods.absent
+        self.mods = self.faults.modifiers(t, self.paused)
+        back = was_absent & ~self.mods.absent
+        if back.any():  # a crashed job was rescheduled: it starts again from scratch
+            self._restart_rows(back, t)
+
+    def inject(self, run: str, spec: FaultSpec) -> FaultRecord:
+        """Start a fault on ``run`` now (its ``at`` is ignored); returns its record."""
+        rec = self._add_fault(run, spec, self.now, "api")
+        self._rebuild_faults()
+        self._on_boundary(self.now)
+        return rec
+
+    def clear(self, run: str, fault_id: str) -> FaultRecord:
+        """End a fault now (or drop it if it has not begun); KeyError if there is none."""
+        for rec in self.fault_records:
+            if rec.run == run and rec.id == fault_id:
+                break
+        else:
+            raise KeyError(fault_id)
+        if rec.start > self.now:
+            self.fault_records.remove(rec)
+        elif rec.end > self.now:
+            rec.end = self.now
+            self._pending_events.append(("cleared", _fault_event(rec)))
+        self._rebuild_faults()
+        self._on_boundary(self.now)
+        return rec
+
+    def active_faults(self, run: str) -> list[FaultRecord]:
+        """The faults of ``run`` active now."""
+        return [r for r in self.fault_records
+                if r.run == run and r.start <= self.now < r.end]
+
+    def set_paused(self, run: str, paused: bool) -> None:
+        """Pause or resume a run: a paused run keeps its series and takes no steps."""
+        self.paused[self.row_of[run]] = paused
+        self.mods = self.faults.modifiers(self.now, self.paused)
+
+    def restart(self, run: str) -> None:
+        """Restart a run from step 0 now, as a rescheduled job."""
+        mask = np.zeros(len(self.names), np.bool_)
+        mask[self.row_of[run]] = True
+        self._restart_rows(mask, self.now)
 
     # ------------------------------------------------------------------ stepping
 
-    def _reset(self, g: Group, local: Index, at: Ints | Floats | float) -> None:
-        """Put group members back at step 0 (start of an attempt)."""
+    def _restart_rows(self, mask: Bools, at: float) -> None:
+        self.restarts[mask] += 1
+        self.progress[mask] = 0.0
+        for g in self.groups:
+            local = np.flatnonzero(mask[g.start:g.stop])
+            if local.size:
+                self._reset(g, local, at)
+
+    def _reset(self, g: Group, local: Index, at: float | Floats) -> None:
+        """Put group members back at step 0 (start of an attempt) at time ``at``."""
         rows = g.fleet_rows(local)
         g.z[local] = g.z0[local]
         g.grad[local] = g.grad0[local]
         g.prev_dw[local] = 0.0
+        self.drift[rows] = 0.0
         self.step[rows] = 0
         self.loss[rows] = g.loss0[local]
         self.grad_norm[rows] = _row_norm(g.grad0[local])
@@ -302,15 +421,36 @@ class Engine:
         bits, and their step count, timestamps and flags stay as they were.
         """
         rows = slice(g.start, g.stop)
+        mods: Modifiers | None = self.mods if self.mods.any_effect else None
         held = self.diverged[rows].copy()
-        lr = g.base_lr
+        lr = g.base_lr if mods is None else g.base_lr * mods.lr_mult[rows]
+        moving = ~held if mods is None else ~held & ~mods.frozen[rows]
         z = g.z
-        dw = g.grad * (-lr * ~held)[:, None]
+        dw = g.grad * (-lr * moving)[:, None]
         z_new = z + dw
-        loss, grad = g.landscape.loss_grad(z_new, slice(None))
-        grad_norm = _row_norm(grad)
-        absmax = _row_absmax(g.landscape.parameters(z_new, slice(None)))
         step = self.step[rows] + ~held
+        # The moment of simulated time at which step k fell due.
+        stepped_at = np.where(held, self.last_step_time[rows],
+                              self.now - self.progress[rows] + step * self.interval[rows])
+        drift = self.drift[rows]
+        if mods is not None and self.faults.drifting_rows[rows].any():
+            target = self.faults.drift_offset(np.arange(g.start, g.stop), stepped_at)
+            drift = np.where(held, drift, target)
+            z_new -= (drift - self.drift[rows])[:, None]
+        loss, grad = g.landscape.loss_grad(z_new, slice(None))
+        if mods is not None:
+            grad = grad * mods.grad_scale[rows][:, None]
+            sigma = mods.noise_sigma[rows]
+            if sigma.any():
+                counter = (self.restarts[rows].astype(np.uint64) << np.uint64(40)) \
+                    + step.astype(np.uint64)
+                grad += sigma[:, None] * rng.standard_normal(
+                    self.keys[rows], _STREAM_GRADIENT_NOISE, counter, g.dims)
+            nan = mods.nan[rows]
+            if nan.any():
+                loss = np.where(nan, np.nan, loss)
+        grad_norm = _row_norm(grad)
+        absmax = _row_absmax(g.landscape.parameters(z_new, slice(None)) + drift[:, None])
         prev_loss = self.loss[rows]
 
         finite = np.isfinite(loss) & np.isfinite(absmax) & np.isfinite(grad_norm)
@@ -323,6 +463,7 @@ class Engine:
             grad_norm[keep] = self.grad_norm[rows][keep]
             absmax[keep] = self.param_absmax[rows][keep]
             dw[keep] = 0.0
+            drift = np.where(keep, self.drift[rows], drift)
         streak = detectors.rising_streak(prev_loss, loss, self.streak[rows])
         diverged = detectors.diverging(finite, loss, absmax, streak, self.loss_limit[rows],
                                        self.param_limit[rows], self.growth_limit[rows]) | held
@@ -345,9 +486,6 @@ class Engine:
                                             is_converged) & ok
         stalled = detectors.stalled(improvement, have_window, self.min_improvement[rows],
                                     is_converged) & ~oscillating & ok
-        # The moment of simulated time at which step k fell due.
-        stepped_at = np.where(held, self.last_step_time[rows],
-                              self.now - self.progress[rows] + step * self.interval[rows])
         update_norm = np.where(held, self.update_norm[rows], _row_norm(dw))
 
         column = None if mask is None else mask[:, None]
@@ -356,6 +494,7 @@ class Engine:
             (self.step[rows], step, mask), (self.loss[rows], loss, mask),
             (self.grad_norm[rows], grad_norm, mask), (self.param_absmax[rows], absmax, mask),
             (self.lr[rows], lr, mask), (self.update_norm[rows], update_norm, mask),
+            (self.drift[rows], drift, mask),
             (self.streak[rows], streak, mask), (self.flip_streak[rows], flips, mask),
             (self.diverged[rows], diverged, mask), (self.converged[rows], is_converged, mask),
             (self.stalled[rows], stalled, mask), (self.oscillating[rows], oscillating, mask),
@@ -367,26 +506,36 @@ class Engine:
                 np.copyto(dst, src, where=where)
         self._update_state(rows)
 
-    def _due(self) -> Ints:
-        due = np.floor(self.progress / self.interval + _TIME_EPS).astype(np.int64)
+    def _due(self, inclusive: bool) -> Ints:
+        # Inclusive: steps falling due exactly now are due. Exclusive (up to a fault boundary):
+        # they wait, so that the fault starting at that moment applies to them.
+        eps = _TIME_EPS if inclusive else -_TIME_EPS
+        due = np.floor(self.progress / self.interval + eps).astype(np.int64)
         return np.minimum(due, self.steps_max)
 
     def advance(self, now: float) -> Events:
         """Bring every run to simulated time ``now`` (seconds); return what changed."""
+        before_state = self.state.copy()
+        before_restarts = self.restarts.copy()
         # Rows that are not stepping are computed too and then masked out; a held, diverged
         # row may overflow there, harmlessly.
         with np.errstate(all="ignore"):
-            return self._advance(now)
+            while True:
+                boundary = self.faults.next_boundary(self.now)
+                if boundary > now:
+                    self._run_until(max(self.now, now), inclusive=True)
+                    break
+                self._run_until(boundary, inclusive=False)
+                self._on_boundary(boundary)
+        return self._events(before_state, before_restarts)
 
-    def _advance(self, now: float) -> Events:
-        before_state = self.state.copy()
-        before_restarts = self.restarts.copy()
-        dt = max(0.0, now - self.now)
-        self.now = max(self.now, now)
-        self.progress += dt
+    def _run_until(self, t: float, inclusive: bool) -> None:
+        """Advance the clock to ``t`` with the current modifiers, stepping what falls due."""
+        self.progress += (t - self.now) * self.mods.rate
+        self.now = t
         period = (self.steps_max + 1) * self.interval
         while True:
-            due = self._due()
+            due = self._due(inclusive)
             need = (self.step < due) & ~self.diverged
             while need.any():
                 for g in self.groups:
@@ -399,32 +548,37 @@ class Engine:
             restart = self.loop & (self.progress >= period - _TIME_EPS)
             if not restart.any():
                 break
-            self.progress[restart] -= period[restart]
-            self.restarts[restart] += 1
-            for g in self.groups:
-                local = np.flatnonzero(restart[g.start:g.stop])
-                if local.size:
-                    rows = local + g.start
-                    self._reset(g, local, self.now - self.progress[rows])
-        return self._events(before_state, before_restarts)
+            leftover = self.progress[restart] - period[restart]
+            self._restart_rows(restart, t)
+            self.progress[restart] = leftover
+            # An attempt restarts one interval after its last step (or at that moment after a
+            # divergence), whatever the tick.
+            self.last_step_time[restart] = t - leftover
 
     def next_due(self) -> float:
-        """Simulated time at which the next step or restart falls due (inf if none will)."""
+        """Simulated time at which the next step, restart or fault boundary falls due."""
+        rate = self.mods.rate
         next_step = np.where(self.step < self.steps_max, (self.step + 1) * self.interval, np.inf)
         next_step = np.where(self.diverged, np.inf, next_step)
         restart = np.where(self.loop, (self.steps_max + 1) * self.interval, np.inf)
-        wait = np.minimum(next_step, restart) - self.progress
-        return float(self.now + max(0.0, float(wait.min()))) if len(wait) else float("inf")
+        with np.errstate(divide="ignore", invalid="ignore"):
+            wait = np.where(rate > 0, (np.minimum(next_step, restart) - self.progress) / rate,
+                            np.inf)
+        soonest = float(wait.min()) if len(wait) else float("inf")
+        return min(self.now + max(0.0, soonest), self.faults.next_boundary(self.now))
 
     def _events(self, before_state: NDArray[np.int8], before_restarts: Ints) -> Events:
         changed = np.flatnonzero(self.state != before_state)
         restarted = np.flatnonzero(self.restarts != before_restarts)
+        pending, self._pending_events = self._pending_events, []
         return Events(
             transitions=tuple(
                 Transition(self.names[i], STATES[before_state[i]], STATES[self.state[i]],
                            int(self.step[i]), float(self.loss[i]))
                 for i in changed),
             restarts=tuple((self.names[i], int(self.restarts[i])) for i in restarted),
+            faults_injected=tuple(e for what, e in pending if what == "injected"),
+            faults_cleared=tuple(e for what, e in pending if what == "cleared"),
         )
 
     # ------------------------------------------------------------------ views
@@ -432,13 +586,22 @@ class Engine:
     def snapshot(self, generation: int, wall_epoch: float = 0.0, speed: float = 1.0) -> Snapshot:
         """An immutable copy of the exported state; times become ``wall_epoch + sim / speed``."""
         alerts = np.stack([self.diverged, self.stalled, self.oscillating], axis=1)
+        nan = self.mods.nan
+        loss, grad_norm = self.loss, self.grad_norm
+        if nan.any():  # the NaN fault shows in the series while it lasts
+            loss = np.where(nan, np.nan, loss)
+            grad_norm = np.where(nan, np.nan, grad_norm)
+        active = self.faults.active(self.now)
+        active_pairs = {(int(r), FAULT_KINDS[k])
+                        for r, k in zip(self.faults.row[active], self.faults.kind[active],
+                                        strict=True)}
         return Snapshot(
             generation=generation,
             names=self.names,
             landscapes=tuple(s.landscape.kind for s in self.specs),
             optimizers=tuple(s.optimizer.kind for s in self.specs),
-            loss=_frozen(self.loss),
-            gradient_norm=_frozen(self.grad_norm),
+            loss=_frozen(loss),
+            gradient_norm=_frozen(grad_norm),
             learning_rate=_frozen(self.lr),
             update_norm=_frozen(self.update_norm),
             steps=_frozen(self.step.astype(np.float64)),
@@ -446,30 +609,43 @@ class Engine:
             last_step_timestamp=_frozen(wall_epoch + self.last_step_time / speed),
             state=_frozen(self.state),
             alerts=_frozen(alerts),
-            parameters=tuple((g.start, _frozen(g.parameters())) for g in self.groups
+            parameters=tuple((g.start, _frozen(self._parameters(g))) for g in self.groups
                              if g.dims <= MAX_EXPORTED_DIMS),
+            present=_frozen(~self.mods.absent),
+            fault_pairs=self.fault_pairs,
+            fault_active=_frozen(np.array([p in active_pairs for p in self.fault_pairs],
+                                          dtype=np.bool_)),
+            faults_injected=_frozen(np.array(
+                [float(self.injected_counts.get((self.names[r], k), 0))
+                 for r, k in self.fault_pairs])),
         )
+
+    def _parameters(self, g: Group, local: Index = slice(None)) -> Floats:
+        result: Floats = g.parameters(local) + self.drift[g.fleet_rows(local)][:, None]
+        return result
 
     def parameters(self, run: str) -> Floats:
         """The current parameter vector of one run (a copy)."""
         i = self.row_of[run]
         g = self._group_of(i)
-        params: Floats = g.parameters(np.array([i - g.start]))[0]
+        params: Floats = self._parameters(g, np.array([i - g.start]))[0]
         return params
 
     def reconfigured(self, specs: Sequence[RunSpec]) -> Engine:
         """A new engine for ``specs`` at the same time; runs whose spec is unchanged keep all
-        their progress, new or changed runs start from step 0, removed runs are dropped."""
-        new = Engine(specs, now=self.now)
+        their progress and faults, new or changed runs start from step 0, removed runs are
+        dropped."""
+        new = Engine(specs, now=self.now, next_fault_id=self._next_fault_id)
         kept = [(self.row_of[s.name], new.row_of[s.name]) for s in new.specs
                 if s.name in self.row_of and self.specs[self.row_of[s.name]] == s]
         if not kept:
             return new
         src = np.array([k[0] for k in kept])
         dst = np.array([k[1] for k in kept])
-        for name in ("step", "progress", "restarts", "loss", "grad_norm", "param_absmax", "lr",
-                     "update_norm", "streak", "flip_streak", "diverged", "converged", "stalled",
-                     "oscillating", "state", "last_step_time"):
+        for name in ("born", "paused", "step", "progress", "restarts", "loss", "grad_norm",
+                     "param_absmax", "lr", "update_norm", "drift", "streak", "flip_streak",
+                     "diverged", "converged", "stalled", "oscillating", "state",
+                     "last_step_time"):
             getattr(new, name)[dst] = getattr(self, name)[src]
         # Re-index the loss ring buffer: column (step - j) keeps its meaning for recent j.
         step = self.step[src]
@@ -481,6 +657,12 @@ class Engine:
             dg = new._group_of(d_row)
             for name in ("z", "grad", "prev_dw"):
                 getattr(dg, name)[d_row - dg.start] = getattr(sg, name)[s_row - sg.start]
+        kept_names = {self.names[i] for i, _ in kept}
+        new.fault_records = ([r for r in new.fault_records if r.run not in kept_names]
+                             + [r for r in self.fault_records if r.run in kept_names])
+        new.injected_counts.update({k: v for k, v in self.injected_counts.items()
+                                    if k[0] in kept_names})
+        new._rebuild_faults()
         return new
 
     def _group_of(self, row: int) -> Group:
@@ -488,3 +670,7 @@ class Engine:
             if g.start <= row < g.stop:
                 return g
         raise IndexError(row)
+
+
+def _fault_event(rec: FaultRecord) -> FaultEvent:
+    return FaultEvent(rec.run, rec.id, rec.kind, rec.source)

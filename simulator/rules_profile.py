@@ -1,0 +1,235 @@
+"""Fast profile of the shipped Prometheus rules, for tests and drills.
+
+The shipped rules (``configs/prometheus/rules/*.yml``) are written for a daemon stepping once a
+second and a Prometheus scraping every 15 s. End-to-end tests and drills run the daemon with
+``--speed X`` and scrape every second, so they need the *same* rules with every time constant
+shortened. :func:`fast_profile` derives that copy from the shipped YAML text, so there is never
+a second hand-written set of rules to drift from the first.
+
+What is scaled, with ``factor`` F and scrape interval S (all results rounded to the
+millisecond, and never made longer than the original):
+
+===========================================  ===============================================
+duration                                     scaled value
+===========================================  ===============================================
+``for:`` of an alert                         ``0`` stays ``0``; else ``max(for / F, 1s)``
+range window ``x[5m]``                       ``max(window / F, 4 * S)``
+subquery range ``(...)[30m:1m]``             ``max(range / F, 4 * S)``
+subquery resolution ``(...)[30m:1m]``        ``max(step / F, S)`` (an empty step stays empty)
+``offset 15m``                               ``max(offset / F, 4 * S)`` (sign kept)
+group ``interval:``                          ``max(interval / F, S)``
+===========================================  ===============================================
+
+The floor of four scrape intervals keeps at least a few samples in every window, so ``rate``,
+``deriv`` and ``changes`` still have data to work on; offsets share that floor so that an
+``[1h] offset 15m`` baseline stays clear of the ``[5m]`` window it is compared with.
+
+Everything else is left exactly as it was: numeric thresholds, label matchers, string
+literals and comments inside expressions (``{run=~"a[5m]"}`` is not a range), and all labels
+and annotations. Only the ``expr`` and ``for`` fields of rules and the ``interval`` of groups
+are rewritten.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "MIN_FOR_MS",
+    "MIN_WINDOW_SCRAPES",
+    "fast_profile",
+    "format_duration",
+    "parse_duration",
+    "scale_expr",
+    "scale_for",
+]
+
+MIN_FOR_MS = 1_000
+"""Floor of a scaled, non-zero ``for:`` (1 s)."""
+
+MIN_WINDOW_SCRAPES = 4
+"""Floor of a scaled range window or offset, in scrape intervals."""
+
+_UNIT_MS: dict[str, int] = {
+    "y": 365 * 86_400_000,
+    "w": 7 * 86_400_000,
+    "d": 86_400_000,
+    "h": 3_600_000,
+    "m": 60_000,
+    "s": 1_000,
+    "ms": 1,
+}
+
+# Prometheus' own duration grammar: units in this order, each at most once.
+_FULL_DURATION_RE = re.compile(
+    r"^(?:(\d+)y)?(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?(?:(\d+)ms)?$"
+)
+_FULL_UNITS = ("y", "w", "d", "h", "m", "s", "ms")
+
+# A duration token inside an expression; _FULL_DURATION_RE validates it afterwards.
+_DUR = r"\d+(?:ms|[smhdwy])(?:\d+(?:ms|[smhdwy]))*"
+
+# `[5m]` (range selector) and `[30m:1m]` / `[30m:]` (subquery).
+_BRACKET_RE = re.compile(
+    rf"\[(?P<sp1>\s*)(?P<range>{_DUR})(?P<sp2>\s*)"
+    rf"(?:(?P<colon>:)(?P<sp3>\s*)(?P<step>{_DUR})?(?P<sp4>\s*))?\]"
+)
+# `offset 15m`, `offset -5m`; PromQL keywords are case-insensitive. The look-behind keeps
+# `foo_offset` (a metric or label name) from matching.
+_OFFSET_RE = re.compile(rf"(?<![\w:])(?P<kw>offset\s+)(?P<sign>-?)(?P<dur>{_DUR})", re.I)
+
+# Parts of an expression that are not PromQL code: string literals and comments.
+_NOT_CODE_RE = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`|#[^\n]*')
+
+
+def parse_duration(text: str) -> int:
+    """Parse a Prometheus duration such as ``1h30m`` or ``250ms`` into milliseconds.
+
+    Raises :class:`ValueError` for anything Prometheus itself would reject.
+    """
+    match = _FULL_DURATION_RE.match(text.strip())
+    if match is None or not any(match.groups()):
+        raise ValueError(f"not a Prometheus duration: {text!r}")
+    return sum(
+        int(count) * _UNIT_MS[unit]
+        for count, unit in zip(match.groups(), _FULL_UNITS, strict=True)
+        if count is not None
+    )
+
+
+def format_duration(ms: int) -> str:
+    """Format milliseconds as a Prometheus duration (``90000`` -> ``1m30s``, ``0`` -> ``0s``).
+
+    Days and longer are written in hours, so the output reads the same in every rule.
+    """
+    if ms < 0:
+        raise ValueError(f"negative duration: {ms} ms")
+    if ms == 0:
+        return "0s"
+    parts: list[str] = []
+    for unit in ("h", "m", "s", "ms"):
+        count, ms = divmod(ms, _UNIT_MS[unit])
+        if count:
+            parts.append(f"{count}{unit}")
+    return "".join(parts)
+
+
+def _check_factor(factor: float) -> None:
+    if not (math.isfinite(factor) and factor >= 1):
+        raise ValueError(f"factor must be a finite number >= 1, got {factor!r}")
+
+
+def _shrink(ms: int, factor: float, floor_ms: int) -> int:
+    """``ms / factor`` rounded to the millisecond, at least ``floor_ms``, at most ``ms``."""
+    return min(ms, max(round(ms / factor), floor_ms))
+
+
+def scale_for(value: str, factor: float) -> str:
+    """Scale an alert's ``for:`` duration: ``0`` stays ``0``, else ``max(for / factor, 1s)``."""
+    _check_factor(factor)
+    ms = parse_duration(value)
+    if ms == 0:
+        return "0s"
+    return format_duration(_shrink(ms, factor, MIN_FOR_MS))
+
+
+def scale_expr(expr: str, factor: float, *, scrape_interval: str = "1s") -> str:
+    """Scale every range window, subquery range and step, and offset in a PromQL expression.
+
+    String literals and comments are copied unchanged. See the module docstring for the
+    formula; ``scrape_interval`` sets the floors.
+    """
+    _check_factor(factor)
+    scrape_ms = parse_duration(scrape_interval)
+    if scrape_ms <= 0:
+        raise ValueError(f"scrape_interval must be > 0, got {scrape_interval!r}")
+    window_floor = MIN_WINDOW_SCRAPES * scrape_ms
+
+    def window(text: str) -> str:
+        return format_duration(_shrink(parse_duration(text), factor, window_floor))
+
+    def bracket(match: re.Match[str]) -> str:
+        out = f"[{match['sp1']}{window(match['range'])}{match['sp2']}"
+        if match["colon"]:
+            step = match["step"]
+            scaled_step = (
+                format_duration(_shrink(parse_duration(step), factor, scrape_ms)) if step else ""
+            )
+            out += f":{match['sp3']}{scaled_step}{match['sp4']}"
+        return out + "]"
+
+    def offset(match: re.Match[str]) -> str:
+        return f"{match['kw']}{match['sign']}{window(match['dur'])}"
+
+    def code(segment: str) -> str:
+        return _OFFSET_RE.sub(offset, _BRACKET_RE.sub(bracket, segment))
+
+    pieces: list[str] = []
+    position = 0
+    for literal in _NOT_CODE_RE.finditer(expr):
+        pieces.append(code(expr[position : literal.start()]))
+        pieces.append(literal.group())
+        position = literal.end()
+    pieces.append(code(expr[position:]))
+    return "".join(pieces)
+
+
+class _Dumper(yaml.SafeDumper):
+    """Safe dumper writing multi-line strings (most ``expr``) as literal blocks."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in data else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
+
+
+_Dumper.add_representer(str, _represent_str)
+
+
+def _mapping(node: Any, where: str) -> dict[str, Any]:
+    if not isinstance(node, dict):
+        raise ValueError(f"{where}: expected a mapping, got {type(node).__name__}")
+    return node
+
+
+def _sequence(node: Any, where: str) -> list[Any]:
+    if not isinstance(node, list):
+        raise ValueError(f"{where}: expected a list, got {type(node).__name__}")
+    return node
+
+
+def fast_profile(rules_yaml: str, factor: float, *, scrape_interval: str = "1s") -> str:
+    """Return a copy of a Prometheus rule file with every time constant divided by ``factor``.
+
+    ``rules_yaml`` is the text of one rule file (``groups: [...]``). The result is YAML text
+    for a rule file with the same groups, rules, labels and annotations, where each ``for:``,
+    each group ``interval:`` and each duration inside ``expr`` is scaled as the module
+    docstring describes. Comments of the source file are not carried over; a header says
+    where the file came from. Raises :class:`ValueError` for text that is not a rule file.
+    """
+    _check_factor(factor)
+    scrape_ms = parse_duration(scrape_interval)
+    document = _mapping(yaml.safe_load(rules_yaml), "rule file")
+    for g, group_node in enumerate(_sequence(document.get("groups"), "groups")):
+        group = _mapping(group_node, f"groups[{g}]")
+        if "interval" in group:
+            interval_ms = parse_duration(str(group["interval"]))
+            group["interval"] = format_duration(_shrink(interval_ms, factor, scrape_ms))
+        for r, rule_node in enumerate(_sequence(group.get("rules"), f"groups[{g}].rules")):
+            rule = _mapping(rule_node, f"groups[{g}].rules[{r}]")
+            expr = rule.get("expr")
+            if not isinstance(expr, str):
+                raise ValueError(f"groups[{g}].rules[{r}].expr: expected a PromQL string")
+            rule["expr"] = scale_expr(expr, factor, scrape_interval=scrape_interval)
+            if "for" in rule:
+                rule["for"] = scale_for(str(rule["for"]), factor)
+    header = (
+        f"# Fast profile generated by simulator.rules_profile (factor {factor:g}, "
+        f"scrape interval {scrape_interval}) from the shipped rules. Do not edit.\n"
+    )
+    body = yaml.dump(document, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=4096)
+    return header + body
