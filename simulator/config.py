@@ -55,6 +55,7 @@ class Detection:
     divergence_loss: float = 1e5
     divergence_parameter: float = 1e3
     divergence_growth_steps: int = 10
+    divergence_growth_factor: float = 2.0
     stall_window: int = 20
     stall_min_improvement: float = 1e-7
     converged_gradient_norm: float = 1e-3
@@ -68,7 +69,9 @@ FAULT_PARAMS: dict[str, dict[str, float]] = {
     "gradient_explosion": {"factor": 100.0},
     "nan": {},
     "plateau": {"factor": 0.01},
-    "drift": {"shift": 2.0},
+    # Signed: the seed's runs approach their optimum from above, so a negative shift moves
+    # it away from them and their loss climbs back.
+    "drift": {"shift": -3.0},
     "noise_burst": {"factor": 10.0, "sigma": 1.0},
     "slow_steps": {"factor": 4.0},
     "hang": {},
@@ -446,6 +449,8 @@ def _detection(r: _Reader, value: Any, line: int, path: str) -> Detection:
                                     d.divergence_parameter),
         divergence_growth_steps=r.take(m, path, "divergence_growth_steps", integer(0, 10**6),
                                        d.divergence_growth_steps),
+        divergence_growth_factor=r.take(m, path, "divergence_growth_factor", _at_least_one,
+                                        d.divergence_growth_factor),
         stall_window=r.take(m, path, "stall_window", integer(1, 10_000), d.stall_window),
         stall_min_improvement=r.take(m, path, "stall_min_improvement", positive,
                                      d.stall_min_improvement),

@@ -27,12 +27,20 @@ def flip_streak(dot_with_previous_update: Floats, streak: Ints) -> Ints:
     return result
 
 
-def diverging(finite: Bools, loss: Floats, param_absmax: Floats, streak: Ints,
-              loss_limit: Floats, param_limit: Floats, growth_limit: Ints) -> Bools:
+def streak_base(streak: Ints, loss: Floats, base: Floats) -> Floats:
+    """The loss just before the current rising streak began (the loss itself when not rising)."""
+    result: Floats = np.where(streak > 0, base, loss)
+    return result
+
+
+def diverging(finite: Bools, loss: Floats, param_absmax: Floats, streak: Ints, base: Floats,
+              loss_limit: Floats, param_limit: Floats, growth_limit: Ints,
+              growth_factor: Floats) -> Bools:
     """Divergence: a step gave a non-finite value, the loss or a parameter passed its limit, or
-    the loss rose on ``growth_limit`` consecutive steps."""
+    the loss rose on ``growth_limit`` consecutive steps and grew ``growth_factor``-fold over
+    them (a drifting optimum makes the loss climb for a while, but not multiply)."""
     result: Bools = ~finite | (loss > loss_limit) | (param_absmax > param_limit)
-    result |= streak >= growth_limit
+    result |= (streak >= growth_limit) & (loss >= growth_factor * base)
     return result
 
 
@@ -50,9 +58,9 @@ def relative_improvement(old_loss: Floats, loss: Floats) -> Floats:
 
 def stalled(improvement: Floats, have_window: Bools, min_improvement: Floats,
             is_converged: Bools) -> Bools:
-    """Stall: over a full window the loss improved less than ``min_improvement`` (relative),
-    and the run has not converged."""
-    result: Bools = have_window & (improvement < min_improvement) & ~is_converged
+    """Stall: over a full window the loss moved less than ``min_improvement`` (relative, either
+    way: a rising loss is a different trouble), and the run has not converged."""
+    result: Bools = have_window & (np.abs(improvement) < min_improvement) & ~is_converged
     return result
 
 

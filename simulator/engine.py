@@ -243,6 +243,7 @@ class Engine:
         growth = col(lambda s: s.detect.divergence_growth_steps, np.int64)
         # A rising streak can never reach this limit: 0 in the config switches the test off.
         self.growth_limit: Ints = np.where(growth > 0, growth, np.iinfo(np.int64).max)
+        self.growth_factor: Floats = col(lambda s: s.detect.divergence_growth_factor, np.float64)
         self.window: Ints = col(lambda s: s.detect.stall_window, np.int64)
         self.min_improvement: Floats = col(lambda s: s.detect.stall_min_improvement, np.float64)
         self.tolerance: Floats = col(lambda s: s.detect.converged_gradient_norm, np.float64)
@@ -278,6 +279,7 @@ class Engine:
         self.update_norm: Floats = np.zeros(n, np.float64)
         self.drift: Floats = np.zeros(n, np.float64)  # how far each optimum has moved
         self.streak: Ints = np.zeros(n, np.int64)
+        self.streak_base: Floats = np.zeros(n, np.float64)
         self.flip_streak: Ints = np.zeros(n, np.int64)
         # A power of two, so ring positions are a bitwise AND instead of an integer modulo.
         self.hist_width = 1 << int(self.window.max()).bit_length() if n else 1
@@ -396,6 +398,7 @@ class Engine:
         self.lr[rows] = g.base_lr[local]
         self.update_norm[rows] = 0.0
         self.streak[rows] = 0
+        self.streak_base[rows] = g.loss0[local]
         self.flip_streak[rows] = 0
         self.hist[rows] = g.loss0[local][:, None]
         self.diverged[rows] = False
@@ -465,16 +468,18 @@ class Engine:
             dw[keep] = 0.0
             drift = np.where(keep, self.drift[rows], drift)
         streak = detectors.rising_streak(prev_loss, loss, self.streak[rows])
-        diverged = detectors.diverging(finite, loss, absmax, streak, self.loss_limit[rows],
-                                       self.param_limit[rows], self.growth_limit[rows]) | held
+        base = detectors.streak_base(streak, loss, self.streak_base[rows])
+        diverged = detectors.diverging(finite, loss, absmax, streak, base, self.loss_limit[rows],
+                                       self.param_limit[rows], self.growth_limit[rows],
+                                       self.growth_factor[rows]) | held
 
         # Ring buffer of recent losses, addressed through the flattened array for speed.
-        base = self._hist_base[rows]
+        offset = self._hist_base[rows]
         window = self.window[rows]
         flat = self.hist.reshape(-1)
         wrap = self.hist_width - 1
-        old = flat.take(base + ((step - window) & wrap))
-        slot = base + (step & wrap)
+        old = flat.take(offset + ((step - window) & wrap))
+        slot = offset + (step & wrap)
         flat.put(slot, loss if mask is None else np.where(mask, loss, flat.take(slot)))
         improvement = detectors.relative_improvement(old, loss)
         have_window = step >= window
@@ -495,7 +500,8 @@ class Engine:
             (self.grad_norm[rows], grad_norm, mask), (self.param_absmax[rows], absmax, mask),
             (self.lr[rows], lr, mask), (self.update_norm[rows], update_norm, mask),
             (self.drift[rows], drift, mask),
-            (self.streak[rows], streak, mask), (self.flip_streak[rows], flips, mask),
+            (self.streak[rows], streak, mask), (self.streak_base[rows], base, mask),
+            (self.flip_streak[rows], flips, mask),
             (self.diverged[rows], diverged, mask), (self.converged[rows], is_converged, mask),
             (self.stalled[rows], stalled, mask), (self.oscillating[rows], oscillating, mask),
             (self.last_step_time[rows], stepped_at, mask),
@@ -507,9 +513,10 @@ class Engine:
         self._update_state(rows)
 
     def _due(self, inclusive: bool) -> Ints:
-        # Inclusive: steps falling due exactly now are due. Exclusive (up to a fault boundary):
-        # they wait, so that the fault starting at that moment applies to them.
-        eps = _TIME_EPS if inclusive else -_TIME_EPS
+        # Inclusive: steps falling due exactly now are due, for runs that are stepping now.
+        # Exclusive (up to a fault boundary): they wait, so that the fault starting at that
+        # moment applies to them, or, for a hang or crash, stops them.
+        eps = np.where(self.mods.rate > 0, _TIME_EPS, -_TIME_EPS) if inclusive else -_TIME_EPS
         due = np.floor(self.progress / self.interval + eps).astype(np.int64)
         return np.minimum(due, self.steps_max)
 
@@ -643,7 +650,8 @@ class Engine:
         src = np.array([k[0] for k in kept])
         dst = np.array([k[1] for k in kept])
         for name in ("born", "paused", "step", "progress", "restarts", "loss", "grad_norm",
-                     "param_absmax", "lr", "update_norm", "drift", "streak", "flip_streak",
+                     "param_absmax", "lr", "update_norm", "drift", "streak", "streak_base",
+                     "flip_streak",
                      "diverged", "converged", "stalled", "oscillating", "state",
                      "last_step_time"):
             getattr(new, name)[dst] = getattr(self, name)[src]
