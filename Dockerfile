@@ -33,7 +33,8 @@ HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
 
 ENTRYPOINT ["trainsim"]
 # The daemon listens on every interface inside the container so that Prometheus (another
-# container) can scrape it. Once the control API lands, the daemon refuses a non-loopback
-# address while its mutating endpoints are on without a token: then pass the token or the flag
-# that disables them here.
-CMD ["run", "--web.listen-address", "0.0.0.0:9310"]
+# container) can scrape it. It refuses a non-loopback address while the control API's changes
+# are on without a token, and the bare image has no token: so they are off here (reads under
+# /api/v1 still work). docker-compose.yml mounts a token file and turns them on; to do the same,
+# pass `run ... --web.control-token-file FILE` with FILE mounted read-only (docs/api.md).
+CMD ["run", "--web.listen-address", "0.0.0.0:9310", "--no-web.enable-control-api"]

@@ -1,27 +1,37 @@
-"""Command line: ``trainsim run`` (the daemon) and ``trainsim validate``.
+"""Command line: ``trainsim run`` (the daemon), ``trainsim validate``, and the control API
+client commands ``runs``, ``fault inject|clear`` and ``pause|resume|restart``.
 
 A user's mistake (bad config, bad flag) gets one clear line per problem and exit status 2,
-never a traceback.
+never a traceback. A client command the daemon refuses exits 1 with the daemon's message.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import signal
 import sys
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import structlog
 
-from simulator import __version__, logs
+from simulator import __version__, api, client, logs
 from simulator.config import Config, ConfigError, load_default, load_file
 from simulator.daemon import Daemon
-from simulator.server import parse_listen_address, start_server
+from simulator.server import is_loopback, parse_listen_address, start_server
 
 DEFAULT_LISTEN_ADDRESS = "127.0.0.1:9310"
 EXIT_USAGE = 2
+EXIT_FAILED = 1
+
+
+class UsageError(Exception):
+    """A mistake in the command line or a file it names: one line, exit status 2."""
 
 
 def _speed(value: str) -> float:
@@ -55,10 +65,97 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--log.format", dest="log_format", choices=("auto", "console", "json"),
                      default="auto", help="console on a TTY and JSON otherwise by default")
     run.add_argument("--log.level", dest="log_level", choices=logs.LEVELS, default="info")
+    run.add_argument("--web.enable-control-api", dest="control_api",
+                     action=argparse.BooleanOptionalAction, default=True,
+                     help="allow the control API's changes (fault injection, pause, resume, "
+                          "restart); reads stay available either way (default: enabled)")
+    run.add_argument("--web.control-token-file", dest="control_token_file", metavar="FILE",
+                     help="file holding the bearer token the control API's changes require; "
+                          "mandatory when listening beyond loopback with the API enabled")
 
     validate = sub.add_parser("validate", help="check config files without starting anything")
     validate.add_argument("files", nargs="+", metavar="FILE")
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--url", default=client.DEFAULT_URL,
+                        help=f"the daemon's address (default {client.DEFAULT_URL})")
+    common.add_argument("--token-file", metavar="FILE",
+                        help=f"file holding the control API's bearer token (default: the "
+                             f"{client.TOKEN_ENV} environment variable, if set)")
+
+    runs = sub.add_parser("runs", parents=[common], help="list the runs of a running daemon")
+    runs.add_argument("--output", choices=("table", "json"), default="table")
+
+    fault = sub.add_parser("fault", help="inject or clear faults on a running daemon")
+    fault_sub = fault.add_subparsers(dest="fault_command", required=True, metavar="COMMAND")
+    inject = fault_sub.add_parser("inject", parents=[common], help="inject a fault now; "
+                                  "prints its id")
+    inject.add_argument("run", metavar="RUN")
+    inject.add_argument("kind", metavar="KIND", help="lr_spike, gradient_explosion, nan, "
+                        "plateau, drift, noise_burst, slow_steps, hang or crash")
+    length = inject.add_mutually_exclusive_group()
+    length.add_argument("--for", dest="duration", metavar="DURATION",
+                        help="how long, e.g. 60s or 2m (default: until cleared; drift and "
+                             "crash have their own defaults)")
+    length.add_argument("--steps", type=_positive_int, metavar="N",
+                        help="how long, in steps of the run")
+    inject.add_argument("--param", dest="params", action="append", type=_param, default=[],
+                        metavar="NAME=VALUE", help="a parameter of the kind, e.g. factor=20 "
+                        "(repeatable)")
+    clear = fault_sub.add_parser("clear", parents=[common], help="end a fault now")
+    clear.add_argument("run", metavar="RUN")
+    clear.add_argument("fault_id", metavar="ID")
+
+    drill = sub.add_parser(
+        "drill", help="inject faults on a timeline and score the alerting",
+        description="Without --daemon/--prometheus, start a daemon, Prometheus and "
+                    "Alertmanager on loopback (the shipped rules in the fast profile) and clean "
+                    "them up; with them, drill a running stack. Exit 0 if every expectation "
+                    "holds, 1 if one fails, 2 for a bad drill file, 3 if the drill could not run.")
+    drill.add_argument("file", metavar="DRILL.yaml")
+    drill.add_argument("--daemon", metavar="URL", help="a running daemon's control API")
+    drill.add_argument("--prometheus", metavar="URL", help="the Prometheus that scrapes it")
+    drill.add_argument("--alertmanager", metavar="URL", help="its Alertmanager (optional)")
+    drill.add_argument("--token-file", metavar="FILE", help="the daemon's control token")
+    drill.add_argument("--speed", type=_speed, metavar="X",
+                       help="against a running stack: its daemon's --speed (default 1); "
+                            "self-contained: overrides the drill file's speed")
+    drill.add_argument("--webhook-port", type=int, default=0, metavar="PORT",
+                       help="port of the built-in webhook receiver (default: any free port)")
+    drill.add_argument("--output", choices=("table", "json"), default="table")
+    drill.add_argument("--junit", metavar="FILE", help="also write a JUnit XML report")
+
+    for action, text in (("pause", "stop a run from stepping (its series stay)"),
+                         ("resume", "let a paused run step again"),
+                         ("restart", "restart a run from step 0")):
+        p = sub.add_parser(action, parents=[common], help=text)
+        p.add_argument("run", metavar="RUN")
     return parser
+
+
+def _positive_int(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {value!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value!r}")
+    return n
+
+
+def _param(value: str) -> tuple[str, Any]:
+    name, sep, raw = value.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"must be NAME=VALUE, got {value!r}")
+    number: Any
+    try:
+        number = int(raw)
+    except ValueError:
+        try:
+            number = float(raw)
+        except ValueError:
+            number = raw  # the daemon names the parameter in its error
+    return name, number
 
 
 def _load(path: str | None) -> Config:
@@ -90,16 +187,23 @@ def _run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"trainsim: --web.listen-address: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    try:
+        settings = _control_settings(args)
+    except UsageError as exc:
+        print(f"trainsim: {exc}", file=sys.stderr)
+        return EXIT_USAGE
 
     daemon = Daemon(config, speed=args.speed, log=log)
     try:
-        server = start_server(args.listen_address, daemon)
+        server = start_server(args.listen_address, daemon, api.routes(daemon, settings))
     except OSError as exc:
         print(f"trainsim: cannot listen on {args.listen_address}: {exc.strerror}",
               file=sys.stderr)
         return 1
     log.info("listening", address=server.address, version=__version__,
-             config=config.source, runs=len(config.runs), speed=args.speed)
+             config=config.source, runs=len(config.runs), speed=args.speed,
+             control_api="enabled" if settings.enabled else "disabled",
+             control_auth="bearer_token" if settings.token is not None else "none")
 
     stop = threading.Event()
     reload_requested = threading.Event()
@@ -135,9 +239,125 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _control_settings(args: argparse.Namespace) -> api.ControlSettings:
+    """The control API's settings from the flags; UsageError for an unsafe or broken setup."""
+    token = None
+    if args.control_token_file is not None:
+        token = _read_token(args.control_token_file, "--web.control-token-file").encode()
+    host, _ = parse_listen_address(args.listen_address)
+    if args.control_api and token is None and not is_loopback(host):
+        raise UsageError(
+            f"refusing to listen on {args.listen_address} with the control API enabled and no "
+            "token: pass --web.control-token-file FILE, --no-web.enable-control-api, or a "
+            "loopback address")
+    return api.ControlSettings(enabled=args.control_api, token=token)
+
+
+def _read_token(path: str, flag: str) -> str:
+    """The token in ``path``, surrounding whitespace stripped; UsageError if unusable."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{flag}: cannot read {path}: {exc.strerror}") from None
+    token = raw.strip()
+    if not token:
+        raise UsageError(f"{flag}: {path} is empty")
+    # It travels in an Authorization header: printable ASCII, no spaces.
+    if not all(0x21 <= b <= 0x7E for b in token):
+        raise UsageError(f"{flag}: the token in {path} must be printable ASCII without spaces")
+    return token.decode()
+
+
+def _client(args: argparse.Namespace) -> client.Client:
+    try:
+        url = client.check_url(args.url)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if args.token_file is not None:
+        token: str | None = _read_token(args.token_file, "--token-file")
+    else:
+        token = os.environ.get(client.TOKEN_ENV, "").strip() or None
+    return client.Client(url, token)
+
+
+def _control(args: argparse.Namespace) -> int:
+    try:
+        c = _client(args)
+    except UsageError as exc:
+        print(f"trainsim: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        if args.command == "runs":
+            runs = c.runs()
+            print(json.dumps(runs, indent=2) if args.output == "json"
+                  else client.format_runs(runs))
+        elif args.command == "fault" and args.fault_command == "inject":
+            fault = c.inject(args.run, args.kind, args.duration, args.steps, dict(args.params))
+            print(fault["id"])
+        elif args.command == "fault":
+            fault = c.clear(args.run, args.fault_id)
+            print(f"cleared fault {fault['id']} ({fault['kind']}) on {args.run}")
+        else:
+            view = c.action(args.run, args.command)
+            print(f"{args.command}: {view['run']} is {view['state']}"
+                  + (" (paused)" if view.get("paused") else ""))
+    except client.ClientError as exc:
+        print(f"trainsim: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    return 0
+
+
+EXIT_DRILL_ERROR = 3
+
+
+def _drill(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from simulator import drill as drills
+
+    try:
+        spec = drills.load_drill(args.file)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_USAGE
+    external = args.daemon is not None or args.prometheus is not None
+    endpoints = None
+    if external:
+        if args.daemon is None or args.prometheus is None:
+            print("trainsim: drill: --daemon and --prometheus go together", file=sys.stderr)
+            return EXIT_USAGE
+        try:
+            token = (_read_token(args.token_file, "--token-file") if args.token_file
+                     else os.environ.get(client.TOKEN_ENV, "").strip() or None)
+            for url in (args.daemon, args.prometheus, args.alertmanager):
+                if url is not None:
+                    client.check_url(url)
+        except (UsageError, ValueError) as exc:
+            print(f"trainsim: drill: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        endpoints = drills.Endpoints(args.daemon, args.prometheus, args.alertmanager, token)
+        spec = dataclasses.replace(spec, speed=args.speed or 1.0)
+    elif args.speed is not None:
+        spec = dataclasses.replace(spec, speed=args.speed)
+    card = drills.run_drill(spec, endpoints, progress=sys.stderr,
+                            webhook_port=args.webhook_port)
+    print(drills.render_json(card) if args.output == "json" else drills.render_table(card),
+          end="")
+    if args.junit:
+        Path(args.junit).write_text(drills.render_junit(card))
+    if card.error is not None:
+        print(f"trainsim: drill could not run: {card.error}", file=sys.stderr)
+        return EXIT_DRILL_ERROR
+    return 0 if card.passed else EXIT_FAILED
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``trainsim`` command; returns the exit status."""
     args = build_parser().parse_args(argv)
     if args.command == "validate":
         return _validate(args.files)
-    return _run(args)
+    if args.command == "run":
+        return _run(args)
+    if args.command == "drill":
+        return _drill(args)
+    return _control(args)

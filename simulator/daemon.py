@@ -203,6 +203,9 @@ class Daemon:
             if key not in _API_FAULT_KEYS:
                 raise ControlError(422, f"unknown field (expected one of: "
                                    f"{', '.join(_API_FAULT_KEYS)})", str(key))
+        # fault_spec looks the kind up in a dict: a list or object there must not reach it.
+        if not isinstance(body.get("kind", ""), str):
+            raise ControlError(422, "must be a string", "kind")
         params = body.get("params", {})
         if not isinstance(params, dict):
             raise ControlError(422, "must be an object", "params")

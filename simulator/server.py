@@ -11,15 +11,23 @@ import html
 import json
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 TEXT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 # A client that sends nothing for this long is dropped, so idle connections cannot pile up.
 REQUEST_TIMEOUT_SECONDS = 10.0
+# Closing a socket with unread input resets the connection, and a reset can destroy the answer
+# before the client read it (a refused oversized body, say). So the server first ends its side
+# and reads what is still coming, within these bounds, then closes.
+LINGER_SECONDS = 2.0
+LINGER_MAX_BYTES = 1 << 20
+# On shutdown, requests already being answered (a scrape mid-render) get this long to finish.
+DRAIN_SECONDS = 5.0
 
 
 class App(Protocol):
@@ -56,6 +64,25 @@ class _Server(ThreadingHTTPServer):
     block_on_close = False
     app: App
     routes: list[tuple[str, Route]]
+    # Requests being answered right now (idle keep-alive connections do not count).
+    in_flight: int
+    in_flight_lock: threading.Condition
+
+    def shutdown_request(self, request: Any) -> None:
+        """Lingering close: send FIN, drain what the client still sends, then close."""
+        try:
+            request.shutdown(socket.SHUT_WR)
+            request.settimeout(LINGER_SECONDS)
+            deadline = time.monotonic() + LINGER_SECONDS
+            drained = 0
+            while drained < LINGER_MAX_BYTES and time.monotonic() < deadline:
+                chunk = request.recv(65536)
+                if not chunk:
+                    break
+                drained += len(chunk)
+        except OSError:
+            pass
+        self.close_request(request)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -71,15 +98,22 @@ class Handler(BaseHTTPRequestHandler):
         """Access logs are off: scrapes would drown everything else."""
 
     def _dispatch(self, method: str) -> None:
-        path = self.path.split("?", 1)[0]
-        response: Response | None = None
-        for prefix, route in self.server.routes:
-            if path == prefix or (prefix.endswith("/") and path.startswith(prefix)):
-                response = route(self, method)
-                break
-        if response is None:
-            response = Response(404, b"not found\n")
-        self._send(response, head=method == "HEAD")
+        with self.server.in_flight_lock:
+            self.server.in_flight += 1
+        try:
+            path = self.path.split("?", 1)[0]
+            response: Response | None = None
+            for prefix, route in self.server.routes:
+                if path == prefix or (prefix.endswith("/") and path.startswith(prefix)):
+                    response = route(self, method)
+                    break
+            if response is None:
+                response = Response(404, b"not found\n")
+            self._send(response, head=method == "HEAD")
+        finally:
+            with self.server.in_flight_lock:
+                self.server.in_flight -= 1
+                self.server.in_flight_lock.notify_all()
 
     def _send(self, r: Response, head: bool = False) -> None:
         self.send_response(r.status)
@@ -114,6 +148,14 @@ class Handler(BaseHTTPRequestHandler):
     def do_PATCH(self) -> None:
         """PATCH."""
         self._dispatch("PATCH")
+
+    if not TYPE_CHECKING:  # hidden from mypy, which would otherwise accept any attribute
+        def __getattr__(self, name: str) -> Callable[[], None]:
+            # Any other method (OPTIONS, TRACE, made-up tokens) reaches the routes too, which
+            # answer 405 with Allow: a client's wrong method is not a 501 server error.
+            if name.startswith("do_"):
+                return lambda: self._dispatch(name[3:])
+            raise AttributeError(name)
 
 
 def method_not_allowed(allowed: str) -> Response:
@@ -189,7 +231,7 @@ def is_loopback(host: str) -> bool:
 class ServerHandle:
     """A running server; ``close()`` stops it and joins its thread."""
 
-    server: ThreadingHTTPServer
+    server: _Server
     thread: threading.Thread
 
     @property
@@ -200,9 +242,13 @@ class ServerHandle:
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     def close(self) -> None:
-        """Stop accepting, close the socket, join the serving thread."""
+        """Stop accepting, let requests being answered finish (up to DRAIN_SECONDS), close the
+        listening socket and join the serving thread."""
         self.server.shutdown()
         self.server.server_close()
+        with self.server.in_flight_lock:
+            self.server.in_flight_lock.wait_for(lambda: self.server.in_flight == 0,
+                                                timeout=DRAIN_SECONDS)
         self.thread.join(timeout=5)
 
 
@@ -214,6 +260,8 @@ def start_server(address: str, app: App,
     cls: type[_Server] = type("Server", (_Server,), {"address_family": family})
     server = cls((host, port), Handler)
     server.app = app
+    server.in_flight = 0
+    server.in_flight_lock = threading.Condition()
     # Longest prefix first, so /api/v1/runs/ wins over /.
     all_routes = (routes or []) + BASE_ROUTES
     server.routes = sorted(all_routes, key=lambda r: -len(r[0]))

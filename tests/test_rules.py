@@ -21,7 +21,9 @@ import pytest
 import yaml
 
 from simulator.rules_profile import (
+    fast_alertmanager_config,
     fast_profile,
+    fast_prometheus_config,
     format_duration,
     parse_duration,
     scale_expr,
@@ -329,7 +331,11 @@ def _expected_alert(name: str, run: str, value: str) -> dict[str, Any]:
 
 
 def _write_promtool_test(
-    tmp_path: Path, profile: Profile, series: dict[str, list[float]], cases: list[dict[str, Any]]
+    tmp_path: Path,
+    profile: Profile,
+    series: dict[str, list[float]],
+    cases: list[dict[str, Any]],
+    expr_cases: list[dict[str, Any]] | None = None,
 ) -> Path:
     rule_files = []
     for path in RULE_FILES:
@@ -343,6 +349,7 @@ def _write_promtool_test(
                 "interval": f"{profile.interval_s}s",
                 "input_series": _input_series(series),
                 "alert_rule_test": cases,
+                "promql_expr_test": expr_cases or [],
             }
         ],
     }
@@ -362,7 +369,7 @@ def profile(request: pytest.FixtureRequest) -> Iterator[Profile]:
     yield request.param
 
 
-def test_seed_healthy_learning_rates_fire_no_alert_for_an_hour(
+def test_seed_healthy_learning_rates_raise_no_alert_not_even_pending_for_an_hour(
     promtool: str, tmp_path: Path, profile: Profile
 ) -> None:
     count = _horizon(profile)
@@ -374,7 +381,15 @@ def test_seed_healthy_learning_rates_fire_no_alert_for_an_hour(
         for i in range(count)
         for name in ALERT_NAMES
     ]
-    path = _write_promtool_test(tmp_path, profile, series, cases)
+    # alert_rule_test only sees firing alerts. ALERTS also holds every pending evaluation, so
+    # this checks that no rule's condition was ever true, not just that `for` absorbed it.
+    horizon = format_duration((count - 1) * profile.interval_s * 1000)
+    never_pending = {
+        "expr": f"count_over_time(ALERTS[{horizon}])",
+        "eval_time": horizon,
+        "exp_samples": [],
+    }
+    path = _write_promtool_test(tmp_path, profile, series, cases, [never_pending])
     _assert_ok(_run([promtool, "test", "rules", path.name], cwd=tmp_path))
 
 
@@ -740,3 +755,159 @@ def test_fast_profile_scales_a_group_interval_down_to_the_scrape_interval() -> N
 def test_fast_profile_rejects_text_that_is_not_a_rule_file(text: str) -> None:
     with pytest.raises(ValueError):
         fast_profile(text, 20)
+
+
+# --- simulator.rules_profile: Alertmanager and Prometheus configs of a local fast stack ----------
+
+
+def _routes(route: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield route
+    for child in route.get("routes", []):
+        yield from _routes(child)
+
+
+def test_fast_alertmanager_config_divides_every_route_timing_with_a_floor_of_one_second() -> None:
+    shipped = _alertmanager_config()
+    fast = yaml.safe_load(fast_alertmanager_config(ALERTMANAGER_YML.read_text(), 20))
+    timings = [
+        {k: r[k] for k in ("group_wait", "group_interval", "repeat_interval") if k in r}
+        for r in _routes(fast["route"])
+    ]
+    assert timings == [
+        {"group_wait": "1s500ms", "group_interval": "15s", "repeat_interval": "12m"},  # root
+        {"group_wait": "1s", "group_interval": "1s500ms", "repeat_interval": "3m"},  # drill
+        {"group_wait": "1s", "repeat_interval": "3m"},  # critical: 10s / 20 -> floor 1s
+        {},  # warning inherits the root's
+        {"repeat_interval": "1h12m"},  # info
+    ]
+    # Nothing but the timings changes.
+    for original, scaled in zip(_routes(shipped["route"]), _routes(fast["route"]), strict=True):
+        for key in set(original) - {"group_wait", "group_interval", "repeat_interval", "routes"}:
+            assert scaled[key] == original[key], key
+    assert fast["inhibit_rules"] == shipped["inhibit_rules"]
+    assert fast["receivers"] == shipped["receivers"]
+
+
+def test_fast_alertmanager_config_starts_unset_root_timings_from_alertmanagers_defaults() -> None:
+    text = "route:\n  receiver: r\nreceivers:\n- name: r\n"
+    route = yaml.safe_load(fast_alertmanager_config(text, 60))["route"]
+    assert route == {
+        "receiver": "r",
+        "group_wait": "1s",  # 30s / 60 = 500ms, floor 1s
+        "group_interval": "5s",
+        "repeat_interval": "4m",
+    }
+
+
+def test_fast_alertmanager_config_points_every_webhook_at_one_receiver_keeping_its_path() -> None:
+    fast = yaml.safe_load(
+        fast_alertmanager_config(ALERTMANAGER_YML.read_text(), 20,
+                                 webhook_url="http://127.0.0.1:8099")
+    )
+    urls = {
+        receiver["name"]: hook["url"]
+        for receiver in fast["receivers"]
+        for hook in receiver.get("webhook_configs", [])
+    }
+    assert urls == {
+        "trainsim-default": "http://127.0.0.1:8099/alerts/default",
+        "trainsim-critical": "http://127.0.0.1:8099/alerts/critical",
+        "trainsim-warning": "http://127.0.0.1:8099/alerts/warning",
+        "trainsim-info": "http://127.0.0.1:8099/alerts/info",
+        "trainsim-drill": "http://127.0.0.1:8099/drill",
+    }
+
+
+def test_fast_alertmanager_config_of_the_shipped_config_passes_amtool(
+    amtool: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "alertmanager.yml"
+    path.write_text(
+        fast_alertmanager_config(ALERTMANAGER_YML.read_text(), 20,
+                                 webhook_url="http://127.0.0.1:8099")
+    )
+    _assert_ok(_run([amtool, "check-config", str(path)]))
+
+
+@pytest.mark.parametrize(
+    ("text", "factor", "webhook_url"),
+    [
+        ("route: {receiver: r}", 0.5, None),
+        ("route: {receiver: r}", 20, "127.0.0.1:8099"),
+        ("route: {receiver: r}", 20, "ftp://127.0.0.1:8099"),
+        ("[]", 20, None),
+        ("receivers: []", 20, None),
+        ("route: {receiver: r, group_wait: soon}", 20, None),
+    ],
+    ids=["factor", "url-without-scheme", "url-scheme", "not-a-mapping", "no-route", "bad-duration"],
+)
+def test_fast_alertmanager_config_rejects_bad_input(
+    text: str, factor: float, webhook_url: str | None
+) -> None:
+    with pytest.raises(ValueError):
+        fast_alertmanager_config(text, factor, webhook_url=webhook_url)
+
+
+def _local_prometheus_config() -> dict[str, Any]:
+    text = fast_prometheus_config(
+        PROMETHEUS_YML.read_text(), target="127.0.0.1:9310", alertmanager="127.0.0.1:9093"
+    )
+    config: dict[str, Any] = yaml.safe_load(text)
+    return config
+
+
+def test_fast_prometheus_config_points_the_job_and_alerts_at_local_addresses() -> None:
+    shipped = yaml.safe_load(PROMETHEUS_YML.read_text())
+    local = _local_prometheus_config()
+    assert local["global"] == {"scrape_interval": "1s", "evaluation_interval": "1s"}
+    (job,) = local["scrape_configs"]
+    assert job["static_configs"] == [{"targets": ["127.0.0.1:9310"]}]
+    assert local["alerting"] == {
+        "alertmanagers": [{"static_configs": [{"targets": ["127.0.0.1:9093"]}]}]
+    }
+    # The drill relabelling and the rule files are the shipped ones.
+    assert job["metric_relabel_configs"] == shipped["scrape_configs"][0]["metric_relabel_configs"]
+    assert local["rule_files"] == shipped["rule_files"]
+
+
+def test_fast_prometheus_config_passes_promtool_check_config(
+    promtool: str, tmp_path: Path
+) -> None:
+    (tmp_path / "rules").mkdir()
+    for path in RULE_FILES:
+        (tmp_path / "rules" / path.name).write_text(fast_profile(path.read_text(), 20))
+    config = tmp_path / "prometheus.yml"
+    config.write_text(yaml.safe_dump(_local_prometheus_config()))
+    result = _run([promtool, "check", "config", str(config)])
+    _assert_ok(result)
+    assert f"SUCCESS: {len(RULE_FILES)} rule files found" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("job", "interval"), [("other", "1s"), ("trainsim", "0s")], ids=["unknown-job", "zero"]
+)
+def test_fast_prometheus_config_rejects_an_unknown_job_or_a_zero_interval(
+    job: str, interval: str
+) -> None:
+    with pytest.raises(ValueError):
+        fast_prometheus_config(
+            PROMETHEUS_YML.read_text(), target="a:1", alertmanager="b:2", interval=interval,
+            job=job,
+        )
+
+
+@pytest.mark.parametrize(
+    ("run", "drill"),
+    [("drill-lr-spike", "true"), ("drill-x", "true"), ("lr-0.2", None), ("my-drill-x", None),
+     ("drill-", None)],
+)
+def test_runs_named_drill_star_are_labelled_drill_true_by_the_shipped_scrape_config(
+    run: str, drill: str | None
+) -> None:
+    (job,) = yaml.safe_load(PROMETHEUS_YML.read_text())["scrape_configs"]
+    labels = {"run": run}
+    for rule in job["metric_relabel_configs"]:  # Prometheus' `replace` action; regex anchored
+        value = ";".join(labels.get(name, "") for name in rule["source_labels"])
+        if re.fullmatch(rule["regex"], value):
+            labels[rule["target_label"]] = rule["replacement"]
+    assert labels.get("drill") == drill
