@@ -19,8 +19,8 @@ from collections.abc import Callable
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
-from simulator.collector import SCALARS, Renderer, TrainsimCollector
-from simulator.config import RunSpec, load_default
+from simulator.collector import FAMILIES, SCALARS, Renderer, TrainsimCollector
+from simulator.config import RunSpec, load_config, load_default
 from simulator.engine import ALERTS, STATES, Engine, Snapshot
 
 
@@ -41,6 +41,46 @@ def fleet(n: int, rates: tuple[float, ...]) -> list[RunSpec]:
             for i in range(n)]
 
 
+# One run of each kind; mixed_fleet() repeats them with their own names and seeds.
+MIXED_KINDS = """
+defaults: {steps: 100000, loop: true}
+runs:
+  - name: quadratic-1d
+    init: 5.5
+    optimizer: {learning_rate: 0.2}
+  - name: quadratic-10d
+    landscape: {kind: quadratic, condition_number: 100, dims: 10}
+    init: 3
+    optimizer: {kind: momentum, learning_rate: 0.01}
+    schedule: {kind: cosine, warmup: {steps: 50}}
+  - name: rosenbrock
+    landscape: {kind: rosenbrock}
+    init: [-1.2, 1]
+    optimizer: {kind: adam, learning_rate: 0.01}
+    clip_grad_norm: 10
+  - name: noisy-quadratic
+    landscape: {kind: noisy_quadratic, dims: 100, batch_size: 16}
+    init: 1
+    optimizer: {kind: sgd, learning_rate: 0.5}
+  - name: plateau
+    landscape: {kind: plateau, dims: 2}
+    init: [1.5, 1.5]
+    optimizer: {kind: rmsprop, learning_rate: 0.01}
+  - name: logistic
+    landscape: {kind: logistic_regression, features: 10, samples: 1000, batch_size: 32}
+    optimizer: {kind: adamw, learning_rate: 0.05}
+    gradient_noise: 0.01
+    loss_noise: 0.01
+"""
+
+
+def mixed_fleet(n: int) -> list[RunSpec]:
+    """n runs cycling through every landscape kind (noisy_quadratic at 100 dims)."""
+    kinds = load_config(MIXED_KINDS, "<bench>").runs
+    return [dataclasses.replace(kinds[i % len(kinds)], name=f"run-{i:05d}", seed=i)
+            for i in range(n)]
+
+
 def plain_label_api(snap: Snapshot) -> CollectorRegistry:
     """The same series through prometheus_client's Gauge/Counter label API."""
     reg = CollectorRegistry()
@@ -55,7 +95,8 @@ def plain_label_api(snap: Snapshot) -> CollectorRegistry:
             else:
                 child.inc(v)
     param = Gauge("trainsim_parameter", "p", ["run", "dim"], registry=reg)
-    info = Gauge("trainsim_run_info", "i", ["run", "landscape", "optimizer"], registry=reg)
+    info = Gauge("trainsim_run_info", "i", ["run", "landscape", "optimizer", "schedule"],
+                 registry=reg)
     state = Gauge("trainsim_run_state", "s", ["run", "state"], registry=reg)
     alert = Gauge("trainsim_alert_active", "a", ["run", "alert"], registry=reg)
     for first, w in snap.parameters:
@@ -63,7 +104,8 @@ def plain_label_api(snap: Snapshot) -> CollectorRegistry:
             for j, v in enumerate(row):
                 param.labels(run=snap.names[first + i], dim=str(j)).set(v)
     for i, name in enumerate(snap.names):
-        info.labels(run=name, landscape=snap.landscapes[i], optimizer=snap.optimizers[i]).set(1)
+        info.labels(run=name, landscape=snap.landscapes[i], optimizer=snap.optimizers[i],
+                    schedule=snap.schedules[i]).set(1)
         for k, s in enumerate(STATES):
             state.labels(run=name, state=s).set(float(snap.state[i] == k))
         for k, a in enumerate(ALERTS):
@@ -75,7 +117,7 @@ def bench_scrape(n: int, repeat: int) -> None:
     engine = Engine(fleet(n, (0.05, 0.2, 0.7, 1.1)))
     engine.advance(15.0)
     snap = engine.snapshot(1, time.time())
-    series = len(Renderer().render(snap).splitlines()) - 2 * 11
+    series = len(Renderer().render(snap).splitlines()) - 2 * len(FAMILIES)
     renderer = Renderer()
     cold = median_seconds(lambda: Renderer().render(snap), max(1, repeat // 2))
     renderer.render(snap)
@@ -179,12 +221,15 @@ def main() -> None:
              engine_steps_per_second(healthy, args.steps, args.repeat)),
             ("default mix (1 in 4 diverged, held)",
              engine_steps_per_second(mixed, args.steps, args.repeat)),
+            ("mixed fleet: every landscape/optimizer kind",
+             engine_steps_per_second(mixed_fleet(n), args.steps // 5, args.repeat)),
             ("reference: bare numpy update, no detectors",
              bare_numpy_steps_per_second(n, args.steps * 4)),
             ("reference: plain per-run Python loop",
              python_loop_steps_per_second(n, max(5, args.steps // 25))),
         )
-        print(f"engine, {n} 1-D runs, {args.steps} steps, detectors included:")
+        print(f"engine, {n} runs (1-D unless said), {args.steps} steps (mixed fleet "
+              f"{args.steps // 5}), detectors included:")
         for label, rate in rows:
             print(f"  {label:44s} {rate / 1e6:8.1f} M run-steps/s")
         step, snap, render = tick_cost(mixed, args.repeat)

@@ -60,11 +60,13 @@ SCALARS: tuple[tuple[Family, str], ...] = (
     (Family("trainsim_run_restarts", "counter",
             "Times the run was restarted (loop, API or crash)."), "restarts"),
 )
+VALIDATION_LOSS = Family("trainsim_validation_loss", "gauge",
+                         "Loss on the held-out split (logistic_regression runs only).")
 PARAMETER = Family("trainsim_parameter", "gauge",
                    "Current value of one parameter of a run with at most 8 parameters.",
                    ("run", "dim"))
 RUN_INFO = Family("trainsim_run_info", "gauge", "Run metadata; always 1.",
-                  ("run", "landscape", "optimizer"))
+                  ("run", "landscape", "optimizer", "schedule"))
 RUN_STATE = Family("trainsim_run_state", "gauge",
                    "1 for the run's current state, 0 for the others.", ("run", "state"))
 ALERT_ACTIVE = Family("trainsim_alert_active", "gauge",
@@ -76,8 +78,8 @@ FAULT_ACTIVE = Family("trainsim_fault_active", "gauge",
 FAULTS_INJECTED = Family("trainsim_faults_injected", "counter",
                          "Faults of this kind whose window began on the run.", ("run", "fault"))
 FAMILIES: tuple[Family, ...] = (
-    *(f for f, _ in SCALARS), PARAMETER, RUN_INFO, RUN_STATE, ALERT_ACTIVE, FAULT_ACTIVE,
-    FAULTS_INJECTED)
+    *(f for f, _ in SCALARS), VALIDATION_LOSS, PARAMETER, RUN_INFO, RUN_STATE, ALERT_ACTIVE,
+    FAULT_ACTIVE, FAULTS_INJECTED)
 # Families whose values are all 0 or 1: rendered from a lookup and cached while unchanged.
 _FLAGS = (RUN_INFO, RUN_STATE, ALERT_ACTIVE, FAULT_ACTIVE)
 
@@ -105,7 +107,10 @@ def _layout(snap: Snapshot) -> dict[str, tuple[Labels, Rows]]:
                 labels.append((names[first + i], str(j)))
                 rows.append(first + i)
     out[PARAMETER.name] = (labels, np.array(rows, dtype=np.int64))
-    out[RUN_INFO.name] = (list(zip(names, snap.landscapes, snap.optimizers, strict=True)), every)
+    out[VALIDATION_LOSS.name] = ([(names[r],) for r in snap.validation_rows.tolist()],
+                                 snap.validation_rows)
+    out[RUN_INFO.name] = (list(zip(names, snap.landscapes, snap.optimizers, snap.schedules,
+                                   strict=True)), every)
     out[RUN_STATE.name] = ([(nm, st) for nm in names for st in STATES],
                            np.repeat(every, len(STATES)))
     out[ALERT_ACTIVE.name] = ([(nm, al) for nm in names for al in ALERTS],
@@ -123,6 +128,8 @@ def _values(snap: Snapshot, fam: Family) -> NDArray[np.float64]:
         if f is fam:
             result: NDArray[np.float64] = getattr(snap, attr)
             return result
+    if fam is VALIDATION_LOSS:
+        return snap.validation_loss
     if fam is PARAMETER:
         params: NDArray[np.float64] = np.concatenate(
             [w.ravel() for _, w in snap.parameters] or [np.zeros(0)])
@@ -190,7 +197,8 @@ class Renderer:
         self._blocks: dict[str, tuple[bytes, str]] = {}
 
     def _layout(self, snap: Snapshot) -> dict[str, tuple[list[str], Rows]]:
-        key = (snap.names, snap.fault_pairs, tuple(w.shape for _, w in snap.parameters))
+        key = (snap.names, snap.fault_pairs, tuple(w.shape for _, w in snap.parameters),
+               snap.landscapes, snap.optimizers, snap.schedules)
         if key != self._key:
             self._prefixes = {
                 name: ([_label_prefix(_FAMILY[name], lv) for lv in labels], rows)

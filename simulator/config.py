@@ -25,6 +25,10 @@ MAX_NODES = 200_000
 MAX_DEPTH = 64
 MAX_STEPS = 10**12
 MAX_SEED = 2**63 - 1
+MAX_DIMS = 10_000
+# A rotated quadratic keeps a dims x dims matrix per run.
+MAX_ROTATE_DIMS = 256
+MAX_SAMPLES = 100_000
 
 
 # --------------------------------------------------------------------------- typed model
@@ -32,20 +36,170 @@ MAX_SEED = 2**63 - 1
 
 @dataclass(frozen=True)
 class Quadratic:
-    """The seed's 1-D bowl J(w) = a * (w - c)^2 + b."""
+    """J(w) = 1/2 (w - c)^T H (w - c) + b, H = Q diag(h) Q^T (Q = I unless ``rotate``).
+
+    The eigenvalues h come from ``curvatures``, from ``condition_number`` (log-spaced between
+    1 and kappa), or from ``a`` (h = 2a in every direction): the seed's 1-D bowl
+    J(w) = a (w - c)^2 + b is the case dims = 1.
+    """
 
     a: float = 1.0
-    c: float = 2.0
+    c: float | tuple[float, ...] = 2.0
     b: float = 1.0
+    curvatures: tuple[float, ...] | None = None
+    condition_number: float | None = None
+    rotate: bool = False
+    dims: int = 1
     kind: str = "quadratic"
+
+    def eigenvalues(self) -> tuple[float, ...]:
+        """The diagonal h of H in its eigenbasis, one per dimension."""
+        if self.curvatures is not None:
+            return self.curvatures
+        if self.condition_number is not None:
+            d = self.dims
+            return tuple(self.condition_number ** (i / (d - 1)) if d > 1 else 1.0
+                         for i in range(d))
+        return (2.0 * self.a,) * self.dims
+
+    @property
+    def variant(self) -> tuple[object, ...]:
+        """What runs must share to be stepped together (besides kind and dims)."""
+        return (self.rotate,)
 
 
 @dataclass(frozen=True)
-class SGD:
-    """Plain gradient descent w <- w - learning_rate * grad J(w)."""
+class Rosenbrock:
+    """J(w) = sum_{i<d} b (w_{i+1} - w_i^2)^2 + (a - w_i)^2; minimum 0 at (1, ..., 1) for a = 1
+    (in 2-D at (a, a^2))."""
+
+    a: float = 1.0
+    b: float = 100.0
+    dims: int = 2
+    kind: str = "rosenbrock"
+
+    @property
+    def variant(self) -> tuple[object, ...]:
+        """Nothing beyond kind and dims."""
+        return ()
+
+
+@dataclass(frozen=True)
+class NoisyQuadratic:
+    """Zhang et al. 2019: J = 1/2 sum_i h_i (w_i - c_i)^2, h_i = i^-power, and minibatch
+    gradient noise with covariance H / batch_size."""
+
+    dims: int = 100
+    power: float = 1.0
+    batch_size: float = 1.0
+    c: float | tuple[float, ...] = 0.0
+    kind: str = "noisy_quadratic"
+
+    @property
+    def variant(self) -> tuple[object, ...]:
+        """Runs stepped together share one curvature vector and noise scale."""
+        return (self.power, self.batch_size)
+
+    def eigenvalues(self) -> tuple[float, ...]:
+        """h_i = i^-power for i = 1..dims."""
+        return tuple(float(i) ** -self.power for i in range(1, self.dims + 1))
+
+
+@dataclass(frozen=True)
+class Plateau:
+    """J(w) = scale * (1 - exp(-|w - c|^2 / width^2)) + b: flat far from c, a well around it."""
+
+    scale: float = 1.0
+    width: float = 1.0
+    c: float | tuple[float, ...] = 0.0
+    b: float = 0.0
+    dims: int = 1
+    kind: str = "plateau"
+
+    @property
+    def variant(self) -> tuple[object, ...]:
+        """Nothing beyond kind and dims."""
+        return ()
+
+
+@dataclass(frozen=True)
+class LogisticRegression:
+    """Logistic regression trained by minibatch SGD on a seeded synthetic data set."""
+
+    features: int = 10
+    samples: int = 1000
+    batch_size: int = 32
+    validation_fraction: float = 0.2
+    data_seed: int = 0
+    kind: str = "logistic_regression"
+
+    @property
+    def dims(self) -> int:
+        """One weight per feature."""
+        return self.features
+
+    @property
+    def validation_samples(self) -> int:
+        """Size of the held-out split (at least one sample)."""
+        return max(1, round(self.samples * self.validation_fraction))
+
+    @property
+    def variant(self) -> tuple[object, ...]:
+        """Data shapes that runs stepped together must share."""
+        return (self.samples - self.validation_samples, self.validation_samples,
+                self.batch_size)
+
+
+Landscape = Quadratic | Rosenbrock | NoisyQuadratic | Plateau | LogisticRegression
+
+
+@dataclass(frozen=True)
+class Optimizer:
+    """An optimizer with torch.optim's update rule and defaults; docs/config.md has each rule.
+
+    ``momentum`` and ``nesterov`` are torch.optim.SGD with momentum 0.9 (and nesterov=True).
+    """
 
     learning_rate: float
     kind: str = "sgd"
+    momentum: float = 0.0
+    dampening: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    alpha: float = 0.99
+    centered: bool = False
+
+    @property
+    def algorithm(self) -> str:
+        """The update rule that runs stepped together share: ``sgd`` (no momentum),
+        ``sgd_momentum``, ``adam``, ``adamw`` or ``rmsprop``."""
+        if self.kind in _SGD_FAMILY:
+            return "sgd_momentum" if self.momentum else "sgd"
+        return self.kind
+
+
+SGD = Optimizer  # the foundation's name for the plain-SGD spec
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Learning-rate schedule: lr_t = warmup(t) * main(max(t - warmup_steps, 0)), t the number
+    of updates already taken; docs/config.md has the formulas."""
+
+    kind: str = "constant"
+    step_size: int = 1
+    gamma: float = 1.0
+    t_max: int = 1
+    eta_min: float = 0.0
+    warmup_steps: int = 0
+    warmup_start_factor: float = 1.0 / 3.0
+
+    @property
+    def label(self) -> str:
+        """The ``schedule`` label of trainsim_run_info."""
+        return f"warmup+{self.kind}" if self.warmup_steps else self.kind
 
 
 @dataclass(frozen=True)
@@ -102,15 +256,19 @@ class RunSpec:
     """One simulated training run, fully resolved (defaults merged)."""
 
     name: str
-    landscape: Quadratic
+    landscape: Landscape
     init: tuple[float, ...]
-    optimizer: SGD
+    optimizer: Optimizer
     steps: int
     step_interval: float
     loop: bool
     seed: int
     detect: Detection
     faults: tuple[FaultSpec, ...] = ()
+    schedule: Schedule = Schedule()
+    clip_grad_norm: float | None = None
+    gradient_noise: float = 0.0
+    loss_noise: float = 0.0
 
     @property
     def dims(self) -> int:
@@ -165,6 +323,9 @@ class LocList(list[Any]):
     lines: list[int]
 
 
+_PLAIN_TAGS = ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq")
+
+
 class _Budget:
     def __init__(self) -> None:
         self.nodes = 0
@@ -184,6 +345,8 @@ def _convert(
                      "after alias expansion")
     if depth > MAX_DEPTH:
         raise _FatalError(_line(node), f"nesting deeper than {MAX_DEPTH} levels")
+    if isinstance(node, yaml.MappingNode | yaml.SequenceNode) and node.tag not in _PLAIN_TAGS:
+        raise _FatalError(_line(node), f"unsupported YAML tag {node.tag!r}")
     if isinstance(node, yaml.MappingNode):
         out = LocMap()
         out.line, out.lines = _line(node), {}
@@ -220,6 +383,20 @@ class _FatalError(Exception):
         self.message = message
 
 
+def _check_depth(text: str) -> None:
+    """Reject deep nesting from the event stream (iterative) before the recursive composer."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.MappingStartEvent | yaml.SequenceStartEvent):
+            depth += 1
+            if depth > MAX_DEPTH:
+                mark = event.start_mark
+                raise _FatalError(int(mark.line) + 1 if mark is not None else 1,
+                                  f"nesting deeper than {MAX_DEPTH} levels")
+        elif isinstance(event, yaml.MappingEndEvent | yaml.SequenceEndEvent):
+            depth -= 1
+
+
 def parse_yaml(data: bytes | str, source: str) -> Any:
     """Parse one YAML document into plain values that remember their line numbers."""
     if isinstance(data, bytes):
@@ -233,6 +410,7 @@ def parse_yaml(data: bytes | str, source: str) -> Any:
         text = data
     issues: list[ConfigIssue] = []
     try:
+        _check_depth(text)
         loader = yaml.SafeLoader(text)
         try:
             node = loader.get_single_node()
@@ -361,6 +539,59 @@ def positive(value: Any) -> float:
     return x
 
 
+def non_negative(value: Any) -> float:
+    """A finite float >= 0."""
+    x = finite(value)
+    if x < 0:
+        raise ValueError(f"must be >= 0, got {value!r}")
+    return x
+
+
+def _unit(value: Any) -> float:
+    x = finite(value)
+    if not 0 <= x <= 1:
+        raise ValueError(f"must be between 0 and 1, got {value!r}")
+    return x
+
+
+def _open_unit(value: Any) -> float:
+    x = finite(value)
+    if not 0 < x < 1:
+        raise ValueError(f"must be strictly between 0 and 1, got {value!r}")
+    return x
+
+
+def _half_open_unit(value: Any) -> float:
+    x = finite(value)
+    if not 0 < x <= 1:
+        raise ValueError(f"must be > 0 and <= 1, got {value!r}")
+    return x
+
+
+def _betas(value: Any) -> tuple[float, float]:
+    if not isinstance(value, LocList) or len(value) != 2:
+        raise ValueError(f"must be a list of two numbers [beta1, beta2], got {_kind(value)}")
+    b1, b2 = finite(value[0]), finite(value[1])
+    if not (0 <= b1 < 1 and 0 <= b2 < 1):
+        raise ValueError(f"each beta must be in [0, 1), got [{b1}, {b2}]")
+    return (b1, b2)
+
+
+def _scalar_or_list(value: Any) -> float | tuple[float, ...]:
+    if isinstance(value, LocList):
+        if not value or len(value) > MAX_DIMS:
+            raise ValueError(f"must be a number or a list of 1 to {MAX_DIMS} numbers, "
+                             f"got a list of {len(value)}")
+        return tuple(finite(v) for v in value)
+    return finite(value)
+
+
+def _positive_list(value: Any) -> tuple[float, ...]:
+    if not isinstance(value, LocList) or not value or len(value) > MAX_DIMS:
+        raise ValueError(f"must be a list of 1 to {MAX_DIMS} numbers > 0, got {_kind(value)}")
+    return tuple(positive(v) for v in value)
+
+
 def integer(lo: int, hi: int) -> Callable[[Any], int]:
     """A converter to an int in [lo, hi] (floats with a fraction and bools are rejected)."""
     def convert(value: Any) -> int:
@@ -388,10 +619,36 @@ def interval(value: Any) -> float:
 
 
 _RUN_KEYS = ("name", "landscape", "init", "optimizer", "steps", "step_interval", "loop", "seed",
-             "detect", "faults")
+             "detect", "faults", "schedule", "clip_grad_norm", "gradient_noise", "loss_noise")
 _DEFAULTS_KEYS = tuple(k for k in _RUN_KEYS if k != "name")
-_LANDSCAPE_KINDS = ("quadratic",)
-_OPTIMIZER_KINDS = ("sgd",)
+_LANDSCAPE_KEYS: dict[str, tuple[str, ...]] = {
+    "quadratic": ("a", "b", "c", "curvatures", "condition_number", "rotate", "dims"),
+    "rosenbrock": ("a", "b", "dims"),
+    "noisy_quadratic": ("dims", "power", "batch_size", "c"),
+    "plateau": ("scale", "width", "c", "b", "dims"),
+    "logistic_regression": ("features", "samples", "batch_size", "validation_fraction",
+                            "data_seed"),
+}
+_LANDSCAPE_KINDS = tuple(_LANDSCAPE_KEYS)
+_SGD_FAMILY = ("sgd", "momentum", "nesterov")
+_OPTIMIZER_KEYS: dict[str, tuple[str, ...]] = {
+    "sgd": ("learning_rate", "momentum", "dampening", "nesterov", "weight_decay"),
+    "momentum": ("learning_rate", "momentum", "dampening", "weight_decay"),
+    "nesterov": ("learning_rate", "momentum", "weight_decay"),
+    "adam": ("learning_rate", "betas", "eps", "weight_decay"),
+    "adamw": ("learning_rate", "betas", "eps", "weight_decay"),
+    "rmsprop": ("learning_rate", "alpha", "eps", "weight_decay", "momentum", "centered"),
+}
+_OPTIMIZER_KINDS = tuple(_OPTIMIZER_KEYS)
+# torch.optim's default learning rates; the SGD family has to be given one.
+_DEFAULT_LR = {"adam": 1e-3, "adamw": 1e-3, "rmsprop": 1e-2}
+_SCHEDULE_KEYS: dict[str, tuple[str, ...]] = {
+    "constant": (),
+    "step": ("step_size", "gamma"),
+    "exponential": ("gamma",),
+    "cosine": ("T_max", "eta_min"),
+}
+_SCHEDULE_KINDS = tuple(_SCHEDULE_KEYS)
 
 
 def _merge(defaults: LocMap, run: LocMap) -> LocMap:
@@ -407,34 +664,143 @@ def _merge(defaults: LocMap, run: LocMap) -> LocMap:
     return out
 
 
-def _landscape(r: _Reader, value: Any, line: int, path: str) -> Quadratic:
+def _kind_of(r: _Reader, m: LocMap, path: str, what: str, kinds: tuple[str, ...],
+             default: str) -> str | None:
+    kind = m.get("kind", default)
+    if not isinstance(kind, str) or kind not in kinds:
+        r.error(m.lines.get("kind", m.line), _join(path, "kind"),
+                f"unknown {what} kind {kind!r} (expected one of: {', '.join(kinds)})")
+        return None
+    return kind
+
+
+def _landscape(r: _Reader, value: Any, line: int, path: str) -> Landscape:
     m = r.mapping(value, line, path)
     if m is None:
         return Quadratic()
-    kind = m.get("kind", "quadratic")
-    if kind not in _LANDSCAPE_KINDS:
-        r.error(m.lines.get("kind", m.line), _join(path, "kind"),
-                f"unknown landscape kind {kind!r} (expected one of: "
-                f"{', '.join(_LANDSCAPE_KINDS)})")
+    kind = _kind_of(r, m, path, "landscape", _LANDSCAPE_KINDS, "quadratic")
+    if kind is None:
         return Quadratic()
-    r.unknown_keys(m, path, ("kind", "a", "b", "c"))
-    return Quadratic(a=r.take(m, path, "a", positive, 1.0),
-                     c=r.take(m, path, "c", finite, 2.0),
-                     b=r.take(m, path, "b", finite, 1.0))
+    r.unknown_keys(m, path, ("kind", *_LANDSCAPE_KEYS[kind]))
+    if kind == "quadratic":
+        return _quadratic(r, m, path)
+    if kind == "logistic_regression":
+        d = LogisticRegression()
+        samples = r.take(m, path, "samples", integer(2, MAX_SAMPLES), d.samples)
+        spec = LogisticRegression(
+            features=r.take(m, path, "features", integer(1, MAX_DIMS), d.features),
+            samples=samples,
+            batch_size=r.take(m, path, "batch_size", integer(1, MAX_SAMPLES), d.batch_size),
+            validation_fraction=r.take(m, path, "validation_fraction", _open_unit,
+                                       d.validation_fraction),
+            data_seed=r.take(m, path, "data_seed", integer(0, MAX_SEED), d.data_seed))
+        if spec.samples - spec.validation_samples < 1:
+            r.error(m.lines.get("validation_fraction", m.line),
+                    _join(path, "validation_fraction"), "leaves no training samples")
+        return spec
+    if kind == "rosenbrock":
+        return Rosenbrock(a=r.take(m, path, "a", finite, 1.0),
+                          b=r.take(m, path, "b", positive, 100.0),
+                          dims=r.take(m, path, "dims", integer(2, MAX_DIMS), 2))
+    c = r.take(m, path, "c", _scalar_or_list, 0.0)
+    dims = _dims(r, m, path, [("c", c)], 100 if kind == "noisy_quadratic" else 1)
+    if kind == "noisy_quadratic":
+        return NoisyQuadratic(dims=dims, power=r.take(m, path, "power", non_negative, 1.0),
+                              batch_size=r.take(m, path, "batch_size", positive, 1.0), c=c)
+    return Plateau(scale=r.take(m, path, "scale", positive, 1.0),
+                   width=r.take(m, path, "width", positive, 1.0),
+                   c=c, b=r.take(m, path, "b", finite, 0.0), dims=dims)
 
 
-def _optimizer(r: _Reader, value: Any, line: int, path: str) -> SGD:
+def _dims(r: _Reader, m: LocMap, path: str, lists: list[tuple[str, Any]], default: int) -> int:
+    """Dimensions from ``dims``, else from the first list-valued key; lists must agree."""
+    dims = r.take(m, path, "dims", integer(1, MAX_DIMS), None)
+    lengths = [(key, len(v)) for key, v in lists if isinstance(v, tuple)]
+    if dims is None:
+        dims = lengths[0][1] if lengths else default
+    for key, n in lengths:
+        if n != dims:
+            r.error(m.lines[key], _join(path, key),
+                    f"has {n} entries but the landscape has {dims} dimensions")
+    return int(dims)
+
+
+def _quadratic(r: _Reader, m: LocMap, path: str) -> Quadratic:
+    given = [k for k in ("a", "curvatures", "condition_number") if k in m]
+    for k in given[1:]:
+        r.error(m.lines[k], _join(path, k), f"give only one of {', '.join(given)}")
+    curvatures = r.take(m, path, "curvatures", _positive_list, None)
+    c = r.take(m, path, "c", _scalar_or_list, 2.0)
+    dims = _dims(r, m, path, [("curvatures", curvatures), ("c", c)], 1)
+    rotate = r.take(m, path, "rotate", boolean, False)
+    if rotate and dims > MAX_ROTATE_DIMS:
+        r.error(m.lines["rotate"], _join(path, "rotate"),
+                f"supported up to {MAX_ROTATE_DIMS} dimensions, got {dims}")
+    return Quadratic(a=r.take(m, path, "a", positive, 1.0), c=c,
+                     b=r.take(m, path, "b", finite, 1.0), curvatures=curvatures,
+                     condition_number=r.take(m, path, "condition_number", _at_least_one, None),
+                     rotate=rotate, dims=dims)
+
+
+def _optimizer(r: _Reader, value: Any, line: int, path: str) -> Optimizer:
     m = r.mapping(value, line, path)
     if m is None:
-        return SGD(learning_rate=0.1)
-    kind = m.get("kind", "sgd")
-    if kind not in _OPTIMIZER_KINDS:
-        r.error(m.lines.get("kind", m.line), _join(path, "kind"),
-                f"unknown optimizer kind {kind!r} (expected one of: "
-                f"{', '.join(_OPTIMIZER_KINDS)})")
-        return SGD(learning_rate=0.1)
-    r.unknown_keys(m, path, ("kind", "learning_rate"))
-    return SGD(learning_rate=r.take(m, path, "learning_rate", positive, 0.1, required=True))
+        return Optimizer(learning_rate=0.1)
+    kind = _kind_of(r, m, path, "optimizer", _OPTIMIZER_KINDS, "sgd")
+    if kind is None:
+        return Optimizer(learning_rate=0.1)
+    r.unknown_keys(m, path, ("kind", *_OPTIMIZER_KEYS[kind]))
+    lr = r.take(m, path, "learning_rate", positive, _DEFAULT_LR.get(kind, 0.1),
+                required=kind not in _DEFAULT_LR)
+    wd = r.take(m, path, "weight_decay", non_negative, 1e-2 if kind == "adamw" else 0.0)
+    if kind in _SGD_FAMILY:
+        momentum = r.take(m, path, "momentum", non_negative, 0.0 if kind == "sgd" else 0.9)
+        dampening = r.take(m, path, "dampening", _unit, 0.0)
+        nesterov = kind == "nesterov" or r.take(m, path, "nesterov", boolean, False)
+        if kind != "sgd" and momentum == 0:
+            r.error(m.lines["momentum"], _join(path, "momentum"),
+                    f"must be > 0 for the {kind} optimizer")
+        elif nesterov and (momentum == 0 or dampening != 0):
+            r.error(m.lines.get("nesterov", m.line), _join(path, "nesterov"),
+                    "Nesterov momentum needs momentum > 0 and dampening 0 (as in torch)")
+        return Optimizer(learning_rate=lr, kind=kind, momentum=momentum, dampening=dampening,
+                         nesterov=nesterov, weight_decay=wd)
+    if kind == "rmsprop":
+        return Optimizer(learning_rate=lr, kind=kind, weight_decay=wd,
+                         alpha=r.take(m, path, "alpha", _unit, 0.99),
+                         eps=r.take(m, path, "eps", positive, 1e-8),
+                         momentum=r.take(m, path, "momentum", non_negative, 0.0),
+                         centered=r.take(m, path, "centered", boolean, False))
+    return Optimizer(learning_rate=lr, kind=kind, weight_decay=wd,
+                     betas=r.take(m, path, "betas", _betas, (0.9, 0.999)),
+                     eps=r.take(m, path, "eps", positive, 1e-8))
+
+
+def _schedule(r: _Reader, value: Any, line: int, path: str, steps: int) -> Schedule:
+    m = r.mapping(value, line, path)
+    if m is None:
+        return Schedule()
+    kind = _kind_of(r, m, path, "schedule", _SCHEDULE_KINDS, "constant")
+    if kind is None:
+        return Schedule()
+    r.unknown_keys(m, path, ("kind", "warmup", *_SCHEDULE_KEYS[kind]))
+    warmup_steps, start = 0, 1.0 / 3.0
+    if "warmup" in m:
+        w = r.mapping(m["warmup"], m.lines["warmup"], _join(path, "warmup"))
+        if w is not None:
+            wpath = _join(path, "warmup")
+            r.unknown_keys(w, wpath, ("steps", "start_factor"))
+            warmup_steps = r.take(w, wpath, "steps", integer(1, MAX_STEPS), 1, required=True)
+            start = r.take(w, wpath, "start_factor", _half_open_unit, start)
+    gamma_default = 0.1 if kind == "step" else 1.0
+    return Schedule(
+        kind=kind,
+        step_size=r.take(m, path, "step_size", integer(1, MAX_STEPS), 1,
+                         required=kind == "step"),
+        gamma=r.take(m, path, "gamma", positive, gamma_default, required=kind == "exponential"),
+        t_max=r.take(m, path, "T_max", integer(1, MAX_STEPS), steps),
+        eta_min=r.take(m, path, "eta_min", non_negative, 0.0),
+        warmup_steps=warmup_steps, warmup_start_factor=start)
 
 
 def _detection(r: _Reader, value: Any, line: int, path: str) -> Detection:
@@ -489,11 +855,13 @@ def fault_spec(r: _Reader, value: Any, line: int, path: str, step_interval: floa
     at = r.take(m, path, "at", _non_negative_duration, None)
     if "at_step" in m:
         at = r.take(m, path, "at_step", integer(0, MAX_STEPS), 0) * step_interval
-    if at is None:
+    if at is None and "at" not in m:
         if at_default is None:
             r.error(m.line, _join(path, "at"), "required key is missing (or give at_step)")
             return None
         at = at_default
+    if at is None:
+        return None
     duration = r.take(m, path, "duration", _positive_duration, None)
     if "steps" in m:
         duration = r.take(m, path, "steps", integer(1, MAX_STEPS), 1) * step_interval
@@ -544,12 +912,12 @@ def _faults(r: _Reader, value: Any, line: int, path: str,
     return tuple(out)
 
 
-def _init(value: Any) -> tuple[float, ...]:
+def _init(value: Any) -> float | tuple[float, ...]:
     if isinstance(value, LocList):
-        if len(value) != 1:
-            raise ValueError(f"the quadratic landscape has 1 parameter, got a list of {len(value)}")
-        return (finite(value[0]),)
-    return (finite(value),)
+        if len(value) > MAX_DIMS:
+            raise ValueError(f"must have at most {MAX_DIMS} entries, got {len(value)}")
+        return tuple(finite(v) for v in value)
+    return finite(value)
 
 
 def _run(r: _Reader, m: LocMap, path: str) -> RunSpec | None:
@@ -562,23 +930,37 @@ def _run(r: _Reader, m: LocMap, path: str) -> RunSpec | None:
         optimizer = _optimizer(r, m["optimizer"], m.lines["optimizer"], _join(path, "optimizer"))
     else:
         r.error(m.line, _join(path, "optimizer"), "required key is missing")
-        optimizer = SGD(learning_rate=0.1)
+        optimizer = Optimizer(learning_rate=0.1)
     detect = (_detection(r, m["detect"], m.lines["detect"], _join(path, "detect"))
               if "detect" in m else Detection())
     step_interval = r.take(m, path, "step_interval", interval, 1.0)
     faults = (_faults(r, m["faults"], m.lines["faults"], _join(path, "faults"), step_interval)
               if "faults" in m else ())
+    steps = r.take(m, path, "steps", integer(1, MAX_STEPS), 100)
+    schedule = (_schedule(r, m["schedule"], m.lines["schedule"], _join(path, "schedule"), steps)
+                if "schedule" in m else Schedule(t_max=steps))
+    init = r.take(m, path, "init", _init, 0.0)
+    dims = landscape.dims
+    if isinstance(init, tuple) and len(init) != dims:
+        plural = "" if dims == 1 else "s"
+        r.error(m.lines["init"], _join(path, "init"),
+                f"the {landscape.kind} landscape has {dims} parameter{plural}, "
+                f"got a list of {len(init)}")
     spec = RunSpec(
         name=name,
         landscape=landscape,
-        init=r.take(m, path, "init", _init, (0.0,)),
+        init=init if isinstance(init, tuple) else (init,) * dims,
         optimizer=optimizer,
-        steps=r.take(m, path, "steps", integer(1, MAX_STEPS), 100),
+        steps=steps,
         step_interval=step_interval,
         loop=r.take(m, path, "loop", boolean, False),
         seed=r.take(m, path, "seed", integer(0, MAX_SEED), 0),
         detect=detect,
         faults=faults,
+        schedule=schedule,
+        clip_grad_norm=r.take(m, path, "clip_grad_norm", positive, None),
+        gradient_noise=r.take(m, path, "gradient_noise", non_negative, 0.0),
+        loss_noise=r.take(m, path, "loss_noise", non_negative, 0.0),
     )
     return spec if len(r.issues) == before else None
 

@@ -19,13 +19,15 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from simulator import detectors, rng
+from simulator import detectors, landscapes, optim, rng
 from simulator.config import FAULT_KINDS, FaultSpec, RunSpec
 from simulator.faults import FaultRecord, FaultTable, Modifiers
+from simulator.landscapes import Landscape, QuadraticLandscape
 
 Floats = NDArray[np.float64]
 Ints = NDArray[np.int64]
 Bools = NDArray[np.bool_]
+U64 = NDArray[np.uint64]
 Index = slice | NDArray[np.intp]
 
 STATES = ("running", "converged", "stalled", "diverged", "finished")
@@ -36,69 +38,48 @@ ALERTS = ("divergence", "stall", "oscillation")
 MAX_EXPORTED_DIMS = 8
 # Tolerance when turning elapsed time into a step count, so 3 * 0.1 s counts as 3 steps.
 _TIME_EPS = 1e-9
-# Random streams of a run (counter-based, see rng.py).
-_STREAM_GRADIENT_NOISE = 1
+# Random streams of a run (counter-based, see rng.py; landscapes.py uses 10 and up).
+_STREAM_GRADIENT_NOISE = 1  # the noise_burst fault
+_STREAM_CONFIG_GRADIENT_NOISE = 2  # gradient_noise
+_STREAM_LOSS_NOISE = 3  # loss_noise
 
-
-class QuadraticLandscape:
-    """J(w) = a * (w - c)^2 + b for a block of 1-D runs; grad = 2 a (w - c).
-
-    The optimizer works on the displacement z = w - c rather than on w: near the optimum
-    ``w - c`` would cancel most significant digits, while z keeps full relative precision, so
-    gradient and loss follow the closed form to a few ulps even at 1e-9 from the minimum.
-    The gradient with respect to z equals the gradient with respect to w.
-    """
-
-    kind = "quadratic"
-
-    def __init__(self, specs: Sequence[RunSpec]) -> None:
-        self.a = np.array([[s.landscape.a] for s in specs], dtype=np.float64)
-        self.c = np.array([[s.landscape.c] for s in specs], dtype=np.float64)
-        self.b = np.array([s.landscape.b for s in specs], dtype=np.float64)
-
-    def coordinates(self, w: Floats) -> Floats:
-        """Internal coordinates z of parameters w."""
-        result: Floats = w - self.c
-        return result
-
-    def parameters(self, z: Floats, sel: Index) -> Floats:
-        """Parameters w of internal coordinates z, for group members ``sel``."""
-        result: Floats = z + self.c[sel]
-        return result
-
-    def loss_grad(self, z: Floats, sel: Index) -> tuple[Floats, Floats]:
-        """Loss (m,) and gradient (m, d) at internal coordinates ``z`` for members ``sel``."""
-        a = self.a[sel]
-        grad = 2.0 * a * z
-        if z.shape[1] == 1:  # one parameter: skip a reduction over an axis of length 1
-            loss: Floats = grad[:, 0] * z[:, 0] * 0.5 + self.b[sel]
-        else:
-            loss = 0.5 * np.einsum("ij,ij->i", grad, z) + self.b[sel]
-        return loss, grad
+__all__ = ["ALERTS", "STATES", "Engine", "Events", "Group", "QuadraticLandscape", "Snapshot"]
 
 
 @dataclass
 class Group:
-    """Runs of one landscape/optimizer kind, in fleet rows ``start:stop``."""
+    """Runs of one landscape/optimizer kind and shape, in fleet rows ``start:stop``.
+
+    The optional parts (optimizer state, schedules, clipping, noise) are None when no member
+    uses them, and then cost nothing per step.
+    """
 
     start: int
     stop: int
-    landscape: QuadraticLandscape
+    landscape: Landscape
     base_lr: Floats
     w0: Floats
+    optimizer: optim.Optimizer | None = None
+    schedules: optim.Schedules | None = None
+    clip: Floats | None = None  # max gradient norm per member (inf: no clipping)
+    grad_sigma: Floats | None = None  # gradient_noise per member
+    loss_sigma: Floats | None = None  # loss_noise per member
     z0: Floats = field(init=False)
     z: Floats = field(init=False)
     grad: Floats = field(init=False)
     prev_dw: Floats = field(init=False)
-    loss0: Floats = field(init=False)
-    grad0: Floats = field(init=False)
 
     def __post_init__(self) -> None:
         self.z0 = self.landscape.coordinates(self.w0)
-        self.loss0, self.grad0 = self.landscape.loss_grad(self.z0, slice(None))
         self.z = self.z0.copy()
-        self.grad = self.grad0.copy()
+        self.grad = np.zeros_like(self.w0)
         self.prev_dw = np.zeros_like(self.w0)
+
+    @property
+    def random(self) -> bool:
+        """Whether observing a loss and gradient draws random numbers."""
+        return (self.landscape.stochastic or self.grad_sigma is not None
+                or self.loss_sigma is not None)
 
     def parameters(self, local: Index = slice(None)) -> Floats:
         """Current parameters w of members ``local``."""
@@ -116,8 +97,29 @@ class Group:
         return local + self.start
 
 
-def _group_key(spec: RunSpec) -> tuple[str, str, int]:
-    return (spec.landscape.kind, spec.optimizer.kind, spec.dims)
+def _group_key(spec: RunSpec) -> tuple[str, tuple[object, ...], str, int]:
+    ls = spec.landscape
+    return (ls.kind, ls.variant, spec.optimizer.algorithm, spec.dims)
+
+
+def _make_group(start: int, stop: int, block: Sequence[RunSpec], keys: U64) -> Group:
+    base_lr = np.array([s.optimizer.learning_rate for s in block], dtype=np.float64)
+    dims = block[0].dims
+    clip = [s.clip_grad_norm for s in block]
+    grad_sigma = [s.gradient_noise for s in block]
+    loss_sigma = [s.loss_noise for s in block]
+    return Group(
+        start=start, stop=stop,
+        landscape=landscapes.build(block, keys),
+        base_lr=base_lr,
+        w0=np.array([s.init for s in block], dtype=np.float64).reshape(len(block), dims),
+        optimizer=optim.build_optimizer(block, dims),
+        schedules=optim.build_schedules(block, base_lr),
+        clip=(np.array([np.inf if c is None else c for c in clip], dtype=np.float64)
+              if any(c is not None for c in clip) else None),
+        grad_sigma=np.array(grad_sigma, dtype=np.float64) if any(grad_sigma) else None,
+        loss_sigma=np.array(loss_sigma, dtype=np.float64) if any(loss_sigma) else None,
+    )
 
 
 @dataclass(frozen=True)
@@ -162,6 +164,7 @@ class Snapshot:
     names: tuple[str, ...]
     landscapes: tuple[str, ...]
     optimizers: tuple[str, ...]
+    schedules: tuple[str, ...]
     loss: Floats
     gradient_norm: Floats
     learning_rate: Floats
@@ -178,6 +181,9 @@ class Snapshot:
     fault_pairs: tuple[tuple[int, str], ...] = ()
     fault_active: Bools = field(default_factory=lambda: np.zeros(0, np.bool_))
     faults_injected: Floats = field(default_factory=lambda: np.zeros(0))
+    # Held-out loss of the runs that have one (logistic_regression), and their rows
+    validation_rows: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
+    validation_loss: Floats = field(default_factory=lambda: np.zeros(0))
 
     def __len__(self) -> int:
         return len(self.names)
@@ -229,6 +235,9 @@ class Engine:
         ss = self.specs
         n = len(ss)
         self.names = tuple(s.name for s in ss)
+        self._landscape_labels = tuple(s.landscape.kind for s in ss)
+        self._optimizer_labels = tuple(s.optimizer.kind for s in ss)
+        self._schedule_labels = tuple(s.schedule.label for s in ss)
         self.row_of = {name: i for i, name in enumerate(self.names)}
         self.now = now
 
@@ -258,13 +267,7 @@ class Engine:
             stop = start
             while stop < n and _group_key(ss[stop]) == _group_key(ss[start]):
                 stop += 1
-            block = ss[start:stop]
-            self.groups.append(Group(
-                start=start, stop=stop,
-                landscape=QuadraticLandscape(block),
-                base_lr=np.array([s.optimizer.learning_rate for s in block], dtype=np.float64),
-                w0=np.array([s.init for s in block], dtype=np.float64),
-            ))
+            self.groups.append(_make_group(start, stop, ss[start:stop], self.keys[start:stop]))
             start = stop
 
         self.born: Floats = np.full(n, now, np.float64)
@@ -291,6 +294,10 @@ class Engine:
         self.oscillating: Bools = np.zeros(n, np.bool_)
         self.state: NDArray[np.int8] = np.zeros(n, np.int8)
         self.last_step_time: Floats = np.full(n, now, np.float64)
+
+        self._validation_rows: NDArray[np.int64] = np.concatenate(
+            [np.arange(g.start, g.stop) for g in self.groups if g.landscape.has_validation]
+            or [np.zeros(0, np.int64)]).astype(np.int64)
 
         self._next_fault_id = next_fault_id
         self.fault_records: list[FaultRecord] = []
@@ -388,25 +395,51 @@ class Engine:
         """Put group members back at step 0 (start of an attempt) at time ``at``."""
         rows = g.fleet_rows(local)
         g.z[local] = g.z0[local]
-        g.grad[local] = g.grad0[local]
+        loss0, grad0 = self._observe(g, local, g.z0[local], np.zeros(len(g.z0[local]), np.int64))
+        g.grad[local] = grad0
         g.prev_dw[local] = 0.0
+        if g.optimizer is not None:
+            g.optimizer.reset(local)
         self.drift[rows] = 0.0
         self.step[rows] = 0
-        self.loss[rows] = g.loss0[local]
-        self.grad_norm[rows] = _row_norm(g.grad0[local])
+        self.loss[rows] = loss0
+        self.grad_norm[rows] = _row_norm(grad0)
         self.param_absmax[rows] = _row_absmax(g.w0[local])
-        self.lr[rows] = g.base_lr[local]
+        self.lr[rows] = (g.base_lr[local] if g.schedules is None
+                         else g.schedules.lr(np.zeros(g.stop - g.start, np.int64))[local])
         self.update_norm[rows] = 0.0
         self.streak[rows] = 0
-        self.streak_base[rows] = g.loss0[local]
+        self.streak_base[rows] = loss0
         self.flip_streak[rows] = 0
-        self.hist[rows] = g.loss0[local][:, None]
+        self.hist[rows] = loss0[:, None]
         self.diverged[rows] = False
         self.stalled[rows] = False
         self.oscillating[rows] = False
         self.converged[rows] = detectors.converged(self.grad_norm[rows], self.tolerance[rows])
         self.last_step_time[rows] = at
         self._update_state(rows)
+
+    def _observe(self, g: Group, local: Index, z: Floats, step: Ints) -> tuple[Floats, Floats]:
+        """Reported loss and observed gradient at ``z`` for members ``local`` at ``step`` (of the
+        current attempt): the landscape's, plus the configured gradient and loss noise.
+
+        Noise on the reported loss is only reported: the gradient never sees it.
+        """
+        if not g.random:
+            return g.landscape.loss_grad(z, local, None, None)
+        rows = g.fleet_rows(local)
+        keys = self.keys[rows]
+        # One counter per (attempt, step): a restarted run draws fresh numbers.
+        counter = (self.restarts[rows].astype(np.uint64) << np.uint64(40)) \
+            + step.astype(np.uint64)
+        loss, grad = g.landscape.loss_grad(z, local, keys, counter)
+        if g.grad_sigma is not None:
+            grad = grad + g.grad_sigma[local][:, None] * rng.standard_normal(
+                keys, _STREAM_CONFIG_GRADIENT_NOISE, counter, g.dims)
+        if g.loss_sigma is not None:
+            loss = loss + g.loss_sigma[local] * rng.standard_normal(
+                keys, _STREAM_LOSS_NOISE, counter, 1)[:, 0]
+        return loss, grad
 
     def _update_state(self, rows: Index) -> None:
         # converged and stalled exclude each other; finished outranks them, diverged outranks all.
@@ -426,10 +459,23 @@ class Engine:
         rows = slice(g.start, g.stop)
         mods: Modifiers | None = self.mods if self.mods.any_effect else None
         held = self.diverged[rows].copy()
-        lr = g.base_lr if mods is None else g.base_lr * mods.lr_mult[rows]
+        lr = g.base_lr if g.schedules is None else g.schedules.lr(self.step[rows])
+        if mods is not None:
+            lr = lr * mods.lr_mult[rows]
         moving = ~held if mods is None else ~held & ~mods.frozen[rows]
         z = g.z
-        dw = g.grad * (-lr * moving)[:, None]
+        grad = g.grad
+        if g.clip is not None:
+            grad = optim.clip_grad_norm(grad, self.grad_norm[rows], g.clip)
+        new_state: optim.State = {}
+        if g.optimizer is None:  # plain SGD: the seed's arithmetic, nothing else
+            dw = grad * (-lr * moving)[:, None]
+        else:
+            w = None
+            if g.optimizer.needs_parameters:
+                w = g.landscape.parameters(z, slice(None)) + self.drift[rows][:, None]
+            direction, new_state = g.optimizer.step(grad, w)
+            dw = direction * (-lr * moving)[:, None]
         z_new = z + dw
         step = self.step[rows] + ~held
         # The moment of simulated time at which step k fell due.
@@ -440,7 +486,7 @@ class Engine:
             target = self.faults.drift_offset(np.arange(g.start, g.stop), stepped_at)
             drift = np.where(held, drift, target)
             z_new -= (drift - self.drift[rows])[:, None]
-        loss, grad = g.landscape.loss_grad(z_new, slice(None))
+        loss, grad = self._observe(g, slice(None), z_new, step)
         if mods is not None:
             grad = grad * mods.grad_scale[rows][:, None]
             sigma = mods.noise_sigma[rows]
@@ -467,6 +513,7 @@ class Engine:
             absmax[keep] = self.param_absmax[rows][keep]
             dw[keep] = 0.0
             drift = np.where(keep, self.drift[rows], drift)
+            moving = moving & finite
         streak = detectors.rising_streak(prev_loss, loss, self.streak[rows])
         base = detectors.streak_base(streak, loss, self.streak_base[rows])
         diverged = detectors.diverging(finite, loss, absmax, streak, base, self.loss_limit[rows],
@@ -510,6 +557,16 @@ class Engine:
                 dst[...] = src
             else:
                 np.copyto(dst, src, where=where)
+        if new_state:
+            # Optimizer state advances only for rows that really updated.
+            assert g.optimizer is not None
+            commit = moving if mask is None else moving & mask
+            every = bool(commit.all())
+            for name, value in new_state.items():
+                if every:
+                    g.optimizer.state[name][...] = value
+                else:
+                    np.copyto(g.optimizer.state[name], value, where=commit[:, None])
         self._update_state(rows)
 
     def _due(self, inclusive: bool) -> Ints:
@@ -605,8 +662,9 @@ class Engine:
         return Snapshot(
             generation=generation,
             names=self.names,
-            landscapes=tuple(s.landscape.kind for s in self.specs),
-            optimizers=tuple(s.optimizer.kind for s in self.specs),
+            landscapes=self._landscape_labels,
+            optimizers=self._optimizer_labels,
+            schedules=self._schedule_labels,
             loss=_frozen(loss),
             gradient_norm=_frozen(grad_norm),
             learning_rate=_frozen(self.lr),
@@ -625,7 +683,14 @@ class Engine:
             faults_injected=_frozen(np.array(
                 [float(self.injected_counts.get((self.names[r], k), 0))
                  for r, k in self.fault_pairs])),
+            validation_rows=_frozen(self._validation_rows),
+            validation_loss=_frozen(self._validation_loss()),
         )
+
+    def _validation_loss(self) -> Floats:
+        parts = [g.landscape.validation_loss(g.z, slice(None)) for g in self.groups
+                 if g.landscape.has_validation]
+        return np.concatenate(parts) if parts else np.zeros(0)
 
     def _parameters(self, g: Group, local: Index = slice(None)) -> Floats:
         result: Floats = g.parameters(local) + self.drift[g.fleet_rows(local)][:, None]
@@ -665,6 +730,10 @@ class Engine:
             dg = new._group_of(d_row)
             for name in ("z", "grad", "prev_dw"):
                 getattr(dg, name)[d_row - dg.start] = getattr(sg, name)[s_row - sg.start]
+            if sg.optimizer is not None and dg.optimizer is not None:
+                for name, arr in dg.optimizer.state.items():
+                    if name in sg.optimizer.state:
+                        arr[d_row - dg.start] = sg.optimizer.state[name][s_row - sg.start]
         kept_names = {self.names[i] for i, _ in kept}
         new.fault_records = ([r for r in new.fault_records if r.run not in kept_names]
                              + [r for r in self.fault_records if r.run in kept_names])

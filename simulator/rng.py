@@ -49,3 +49,16 @@ def standard_normal(keys: U64, stream: int, counter: U64, dims: int) -> NDArray[
     u2 = (b >> np.uint64(11)).astype(np.float64) * _INV_2_53
     result: NDArray[np.float64] = np.sqrt(-2.0 * np.log(u1)) * np.cos(_TWO_PI * u2)
     return result
+
+
+def uniform_index(keys: U64, stream: int, counter: U64, count: int,
+                  high: int) -> NDArray[np.int64]:
+    """Independent uniform integers in [0, high), shape (len(keys), count), for each
+    (key, stream, counter): minibatch rows drawn with replacement."""
+    with np.errstate(over="ignore"):
+        base = mix(keys ^ mix(counter * _GOLDEN + np.uint64(stream)))
+        j = np.arange(count, dtype=np.uint64)
+        bits = mix(base[:, None] + j + np.uint64(1))
+    u = (bits >> np.uint64(11)).astype(np.float64) * _INV_2_53  # in [0, 1)
+    result: NDArray[np.int64] = np.minimum((u * high).astype(np.int64), high - 1)
+    return result

@@ -13,7 +13,7 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 from prometheus_client.parser import text_string_to_metric_families
 
 from simulator.collector import FAMILIES, Renderer, TrainsimCollector, format_floats
-from simulator.config import load_default
+from simulator.config import load_config, load_default
 from simulator.engine import ALERTS, STATES, Engine, Snapshot
 
 GOLDEN = Path(__file__).parent / "golden" / "default-after-15s.prom"
@@ -66,7 +66,8 @@ def test_every_run_has_exactly_one_state_and_the_contract_families() -> None:
     assert {s.labels["alert"] for s in alerts} == set(ALERTS)
     for fam in families.values():
         for s in fam.samples:
-            assert set(s.labels) - {"run", "dim", "landscape", "optimizer", "state", "alert"} \
+            assert set(s.labels) - {"run", "dim", "landscape", "optimizer", "schedule", "state",
+                                     "alert"} \
                 == set()
 
 
@@ -87,6 +88,41 @@ def test_renderer_follows_a_new_fleet_layout() -> None:
     engine.advance(3.0)
     second = engine.snapshot(2, WALL_EPOCH)
     assert r.render(second) == generate_latest(registry_for(second)).decode()
+
+
+MIXED = """
+defaults: {steps: 100}
+runs:
+  - name: logreg
+    landscape: {kind: logistic_regression, features: 3, samples: 100}
+    optimizer: {kind: adam}
+    schedule: {kind: cosine, warmup: {steps: 5}}
+  - name: bowl
+    optimizer: {learning_rate: 0.2}
+  - name: nqm
+    landscape: {kind: noisy_quadratic, dims: 20}
+    init: 1
+    optimizer: {kind: momentum, learning_rate: 0.1}
+    loss_noise: 0.1
+  - name: logreg-2
+    landscape: {kind: logistic_regression, features: 3, samples: 100, data_seed: 3}
+    optimizer: {kind: sgd, learning_rate: 0.1}
+"""
+
+
+def test_mixed_fleet_with_validation_losses_renders_byte_identically() -> None:
+    engine = Engine(load_config(MIXED, "f.yaml").runs)
+    engine.advance(12.0)
+    snap = engine.snapshot(1, WALL_EPOCH)
+    text = Renderer().render(snap)
+    assert text == generate_latest(registry_for(snap)).decode()
+    assert 'trainsim_validation_loss{run="logreg"}' in text
+    assert 'trainsim_validation_loss{run="logreg-2"}' in text
+    assert "trainsim_validation_loss{run=\"bowl\"}" not in text
+    assert ('trainsim_run_info{landscape="quadratic",optimizer="momentum",run="nqm",'
+            'schedule="constant"} 1.0') not in text  # nqm is noisy_quadratic
+    assert ('trainsim_run_info{landscape="logistic_regression",optimizer="adam",run="logreg",'
+            'schedule="warmup+cosine"} 1.0') in text
 
 
 def test_golden_exposition_of_the_default_config_after_15_seconds() -> None:
