@@ -23,6 +23,7 @@ import structlog
 from simulator import __version__, api, client, logs
 from simulator.config import Config, ConfigError, load_default, load_file
 from simulator.daemon import Daemon
+from simulator.fleet import Shard, parse_shard, shard_config
 from simulator.server import is_loopback, parse_listen_address, start_server
 
 DEFAULT_LISTEN_ADDRESS = "127.0.0.1:9310"
@@ -42,6 +43,17 @@ def _speed(value: str) -> float:
     if not 0 < x <= 1e6:
         raise argparse.ArgumentTypeError(f"must be > 0 and at most 1e6, got {value!r}")
     return x
+
+
+def _shard(value: str) -> Shard:
+    try:
+        return parse_shard(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+_SHARD_HELP = ("simulate only shard INDEX of COUNT: the runs whose stable name hash is INDEX "
+               "mod COUNT (COUNT daemons with INDEX 0..COUNT-1 split the runs without overlap)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,8 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="file holding the bearer token the control API's changes require; "
                           "mandatory when listening beyond loopback with the API enabled")
 
+    run.add_argument("--shard", type=_shard, metavar="INDEX/COUNT", help=_SHARD_HELP)
+
     validate = sub.add_parser("validate", help="check config files without starting anything")
     validate.add_argument("files", nargs="+", metavar="FILE")
+    validate.add_argument("--shard", type=_shard, metavar="INDEX/COUNT",
+                          help="also print the runs this shard would hold, one per line")
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--url", default=client.DEFAULT_URL,
@@ -120,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     drill.add_argument("--speed", type=_speed, metavar="X",
                        help="against a running stack: its daemon's --speed (default 1); "
                             "self-contained: overrides the drill file's speed")
+    drill.add_argument("--rules", metavar="DIR",
+                       help="self-contained: the rule files to drill (*.yml; default: the "
+                            "shipped configs/prometheus/rules)")
     drill.add_argument("--webhook-port", type=int, default=0, metavar="PORT",
                        help="port of the built-in webhook receiver (default: any free port)")
     drill.add_argument("--output", choices=("table", "json"), default="table")
@@ -158,11 +177,11 @@ def _param(value: str) -> tuple[str, Any]:
     return name, number
 
 
-def _load(path: str | None) -> Config:
-    return load_file(path) if path else load_default()
+def _load(path: str | None, shard: Shard | None = None) -> Config:
+    return shard_config(load_file(path) if path else load_default(), shard)
 
 
-def _validate(files: Sequence[str]) -> int:
+def _validate(files: Sequence[str], shard: Shard | None = None) -> int:
     status = 0
     for path in files:
         try:
@@ -170,8 +189,14 @@ def _validate(files: Sequence[str]) -> int:
         except ConfigError as exc:
             print(exc, file=sys.stderr)
             status = EXIT_USAGE
-        else:
+            continue
+        if shard is None:
             print(f"{path}: ok ({len(cfg.runs)} runs)")
+            continue
+        held = shard_config(cfg, shard).runs
+        print(f"{path}: ok ({len(cfg.runs)} runs; shard {shard} holds {len(held)})")
+        for spec in held:
+            print(spec.name)
     return status
 
 
@@ -179,7 +204,7 @@ def _run(args: argparse.Namespace) -> int:
     logs.configure(args.log_format, args.log_level)
     log = structlog.get_logger("trainsim")
     try:
-        config = _load(args.config_file)
+        config = _load(args.config_file, args.shard)
         parse_listen_address(args.listen_address)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
@@ -200,10 +225,6 @@ def _run(args: argparse.Namespace) -> int:
         print(f"trainsim: cannot listen on {args.listen_address}: {exc.strerror}",
               file=sys.stderr)
         return 1
-    log.info("listening", address=server.address, version=__version__,
-             config=config.source, runs=len(config.runs), speed=args.speed,
-             control_api="enabled" if settings.enabled else "disabled",
-             control_auth="bearer_token" if settings.token is not None else "none")
 
     stop = threading.Event()
     reload_requested = threading.Event()
@@ -217,14 +238,20 @@ def _run(args: argparse.Namespace) -> int:
         reload_requested.set()
         wake.set()
 
+    # Handlers first: whoever waits for "listening" may signal right away.
     previous = {s: signal.signal(s, h) for s, h in
                 ((signal.SIGTERM, on_stop), (signal.SIGINT, on_stop), (signal.SIGHUP, on_hup))}
+    log.info("listening", address=server.address, version=__version__,
+             config=config.source, runs=len(config.runs), speed=args.speed,
+             shard=str(args.shard) if args.shard else None,
+             control_api="enabled" if settings.enabled else "disabled",
+             control_auth="bearer_token" if settings.token is not None else "none")
     try:
         while not stop.is_set():
             if reload_requested.is_set():
                 reload_requested.clear()
                 try:
-                    daemon.apply(_load(args.config_file))
+                    daemon.apply(_load(args.config_file, args.shard))
                 except ConfigError as exc:
                     daemon.reject(args.config_file or "<embedded>",
                                   [str(i) for i in exc.issues])
@@ -339,8 +366,12 @@ def _drill(args: argparse.Namespace) -> int:
         spec = dataclasses.replace(spec, speed=args.speed or 1.0)
     elif args.speed is not None:
         spec = dataclasses.replace(spec, speed=args.speed)
+    rules = Path(args.rules) if args.rules else None
+    if rules is not None and not sorted(rules.glob("*.yml")):
+        print(f"trainsim: drill: --rules: no *.yml files in {rules}", file=sys.stderr)
+        return EXIT_USAGE
     card = drills.run_drill(spec, endpoints, progress=sys.stderr,
-                            webhook_port=args.webhook_port)
+                            webhook_port=args.webhook_port, rules_dir=rules)
     print(drills.render_json(card) if args.output == "json" else drills.render_table(card),
           end="")
     if args.junit:
@@ -355,7 +386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``trainsim`` command; returns the exit status."""
     args = build_parser().parse_args(argv)
     if args.command == "validate":
-        return _validate(args.files)
+        return _validate(args.files, args.shard)
     if args.command == "run":
         return _run(args)
     if args.command == "drill":

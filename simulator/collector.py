@@ -252,6 +252,22 @@ def _lines(prefixes: list[str], values: list[str], keep: NDArray[np.bool_] | Non
     return "\n".join(lines) + "\n" if lines else ""
 
 
+# Samples per run that every run has: the scalars, run_info, one per state, one per alert.
+_FIXED_PER_RUN = len(SCALARS) + 1 + len(STATES) + len(ALERTS)
+
+
+def series_count(snap: Snapshot) -> int:
+    """How many per-run samples ``render`` writes for ``snap``, from the arrays alone."""
+    present = snap.present
+    count = _FIXED_PER_RUN * int(present.sum()) + int(present[snap.validation_rows].sum())
+    for first, w in snap.parameters:
+        count += w.shape[1] * int(present[first:first + w.shape[0]].sum())
+    if snap.fault_pairs:
+        rows = np.fromiter((r for r, _ in snap.fault_pairs), np.int64, len(snap.fault_pairs))
+        count += 2 * int(present[rows].sum())  # fault_active and faults_injected_total
+    return count
+
+
 class DaemonMetrics:
     """The daemon's own health series, in a registry of their own."""
 
@@ -265,3 +281,7 @@ class DaemonMetrics:
         self.reload_time = Gauge("trainsim_config_last_reload_success_timestamp_seconds",
                                  "Unix time of the last successful configuration load.",
                                  registry=registry)
+        self.exposed_series = Gauge("trainsim_exposed_series",
+                                    "Samples in this daemon's /metrics exposition (text "
+                                    "format), its own health series included.",
+                                    registry=registry)

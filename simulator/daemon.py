@@ -10,15 +10,16 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import numpy as np
 import structlog
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
-from simulator.collector import DaemonMetrics, Renderer
+from simulator.collector import DaemonMetrics, Renderer, series_count
 from simulator.config import FAULT_PARAMS, Config, FaultSpec, LocMap, _Reader, fault_spec
 from simulator.engine import ALERTS, STATES, Engine, Events, Snapshot
 from simulator.faults import FaultRecord
@@ -27,6 +28,8 @@ from simulator.server import gzip_bytes
 # The loop never sleeps longer than this, so signals and reloads are handled promptly.
 MAX_TICK_SECONDS = 0.25
 MIN_TICK_SECONDS = 0.001
+# Beyond this many runs started or removed at once, one summary event replaces the per-run ones.
+MAX_RUN_EVENTS = 1000
 _EVENT_FOR_STATE = {"running": "run_recovered", "converged": "run_converged",
                     "stalled": "run_stalled", "diverged": "run_diverged",
                     "finished": "run_finished"}
@@ -43,6 +46,7 @@ class ControlError(Exception):
 
 
 _API_FAULT_KEYS = ("kind", "duration", "steps", "params")
+_NO_EVENTS = Events()
 
 
 class Daemon:
@@ -73,9 +77,11 @@ class Daemon:
         self._engine_lock = threading.RLock()
         self._cache: dict[tuple[bool, bool], tuple[int, bytes]] = {}
         self._generation = 0
+        # The health registry's sample count is fixed once its metrics exist.
+        self._own_series = sum(len(m.samples) for m in self.registry.collect())
+        self._over_limit = False
         self.snapshot: Snapshot = self._publish()
-        for name in self.engine.names:
-            self.log.info("run_started", run=name)
+        self._log_runs("run_started", [s.name for s in config.runs])
 
     # ------------------------------------------------------------------ time
 
@@ -84,11 +90,17 @@ class Daemon:
         return (self.clock() - self._t0) * self.speed
 
     def tick(self) -> Events:
-        """Advance every run to now, log what changed, publish a fresh snapshot."""
+        """Advance every run to now, log what changed, publish a fresh snapshot if anything
+        did (the loop wakes several times per step: an unchanged snapshot keeps its
+        generation, so scrapes keep hitting the rendered cache)."""
         with self._engine_lock:
-            events = self.engine.advance(self.sim_now())
+            e = self.engine
+            steps, stepped_at, mods = e.step.copy(), e.last_step_time.copy(), e.mods
+            events = e.advance(self.sim_now())
             self._log_events(events)
-            self.snapshot = self._publish()
+            if (events != _NO_EVENTS or e.mods is not mods or not np.array_equal(e.step, steps)
+                    or not np.array_equal(e.last_step_time, stepped_at)):
+                self.snapshot = self._publish()
         return events
 
     def _log_events(self, events: Events) -> None:
@@ -111,7 +123,30 @@ class Daemon:
 
     def _publish(self) -> Snapshot:
         self._generation += 1
-        return self.engine.snapshot(self._generation, self._wall0, self.speed)
+        snap = self.engine.snapshot(self._generation, self._wall0, self.speed)
+        self._guard_series(snap)
+        return snap
+
+    def _guard_series(self, snap: Snapshot) -> None:
+        """Export the series count; warn once each time it crosses above ``series_limit``."""
+        series = series_count(snap) + self._own_series
+        self.metrics.exposed_series.set(series)
+        limit = self.config.series_limit
+        over = limit is not None and series > limit
+        if over and not self._over_limit:
+            self.log.warning("series_limit_exceeded", series=series, series_limit=limit,
+                             runs=len(snap))
+        elif self._over_limit and not over:
+            self.log.info("series_limit_ok", series=series, series_limit=limit, runs=len(snap))
+        self._over_limit = over
+
+    def _log_runs(self, event: str, names: Sequence[str]) -> None:
+        if len(names) <= MAX_RUN_EVENTS:
+            for name in names:
+                self.log.info(event, run=name)
+        else:
+            self.log.info(event.replace("run_", "runs_"), runs=len(names), first=names[0],
+                          last=names[-1])
 
     # ------------------------------------------------------------------ reload
 
@@ -127,10 +162,8 @@ class Daemon:
         old, new = set(before), set(self.engine.names)
         kept = sum(1 for s in config.runs if before.get(s.name) == s)
         self.config = config
-        for name in sorted(new - old):
-            self.log.info("run_started", run=name)
-        for name in sorted(old - new):
-            self.log.info("run_removed", run=name)
+        self._log_runs("run_started", sorted(new - old))
+        self._log_runs("run_removed", sorted(old - new))
         self.metrics.reload_ok.set(1)
         self.metrics.reload_time.set(self._wall())
         self.log.info("config_reloaded", source=config.source, runs=len(config.runs),

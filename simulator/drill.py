@@ -36,9 +36,12 @@ from simulator import stack
 from simulator.client import Client, ClientError
 from simulator.config import (
     ConfigError,
+    ConfigIssue,
     LocList,
     LocMap,
     _Reader,
+    boolean,
+    integer,
     load_file,
     parse_duration,
     parse_yaml,
@@ -178,7 +181,7 @@ def load_drill(path: str | Path) -> Drill:
     try:
         data = p.read_bytes()
     except OSError as exc:
-        raise ConfigError([_issue(source, 0, "", f"cannot read: {exc.strerror}")]) from None
+        raise ConfigError([ConfigIssue(0, "", f"cannot read: {exc.strerror}", source)]) from None
     doc = parse_yaml(data, source)
     r = _Reader(source)
     top = r.mapping(doc, getattr(doc, "line", 1), "")
@@ -209,7 +212,7 @@ def load_drill(path: str | Path) -> Drill:
                 continue
             r.unknown_keys(m, path_i, ("alert", "labels", "fault", "firing_within", "notify",
                                        "notify_within", "resolve_within"))
-            fault = r.take(m, path_i, "fault", int, 0)
+            fault = r.take(m, path_i, "fault", integer(0, 10_000), 0)
             if injections and not 0 <= fault < len(injections):
                 r.error(m.lines.get("fault", m.line), f"{path_i}.fault",
                         f"must name one of the {len(injections)} injected faults (0-based)")
@@ -219,7 +222,7 @@ def load_drill(path: str | Path) -> Drill:
                 labels=_matchers(r, m, path_i),
                 fault=fault,
                 firing_within=r.take(m, path_i, "firing_within", _budget, 60.0, required=True),
-                notify=r.take(m, path_i, "notify", _boolean, True),
+                notify=r.take(m, path_i, "notify", boolean, True),
                 notify_within=r.take(m, path_i, "notify_within", _budget, None),
                 resolve_within=r.take(m, path_i, "resolve_within", _budget, None),
             ))
@@ -242,16 +245,6 @@ def load_drill(path: str | Path) -> Drill:
                  expectations=tuple(expectations), silent=tuple(silent), source=source)
 
 
-def _boolean(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"must be true or false, got {value!r}")
-    return value
-
-
-def _issue(source: str, line: int, path: str, message: str) -> Any:
-    from simulator.config import ConfigIssue
-
-    return ConfigIssue(line, path, message, source)
 
 
 # --------------------------------------------------------------------------- observations
@@ -337,8 +330,9 @@ class Scorecard:
 
     drill: Drill
     results: list[Result]
-    false_positives: list[AlertTrack]
-    unexpected: list[AlertTrack]
+    false_positives: list[AlertTrack]  # covered by `silent` and fired
+    near_misses: list[AlertTrack]  # covered by `silent`, went pending, never fired
+    unexpected: list[AlertTrack]  # fired, covered by nothing
     elapsed: float
     error: str | None = None
 
@@ -361,9 +355,11 @@ def evaluate(drill: Drill, obs: Observations, now: float, final: bool = False) -
     expected = [t for t in obs.tracks.values()
                 if any(e.matches(t.labels) for e in drill.expectations)]
     others = [t for t in obs.tracks.values() if t not in expected]
-    false_positives = [t for t in others if any(s.matches(t.labels) for s in drill.silent)]
-    unexpected = [t for t in others if t not in false_positives and t.firing is not None]
-    return Scorecard(drill, results, false_positives, unexpected, now)
+    silenced = [t for t in others if any(s.matches(t.labels) for s in drill.silent)]
+    false_positives = [t for t in silenced if t.firing is not None]
+    near_misses = [t for t in silenced if t.firing is None]
+    unexpected = [t for t in others if t not in silenced and t.firing is not None]
+    return Scorecard(drill, results, false_positives, near_misses, unexpected, now)
 
 
 def _judge(drill: Drill, e: Expectation, obs: Observations, now: float, final: bool) -> Result:
@@ -492,6 +488,10 @@ def render_table(card: Scorecard) -> str:
         lines += ["", "false positives (alerts that had to stay silent):"]
         lines += [f"  {_alert_name(t)} firing={_fmt(_opt(t.firing, d.speed))} "
                   f"pending={_fmt(_opt(t.pending, d.speed))}" for t in card.false_positives]
+    if card.near_misses:
+        lines += ["", "went pending but never fired (not failures):"]
+        lines += [f"  {_alert_name(t)} pending={_fmt(_opt(t.pending, d.speed))}"
+                  for t in card.near_misses]
     if card.unexpected:
         lines += ["", "other alerts that fired (not scored):"]
         lines += [f"  {_alert_name(t)}" for t in card.unexpected]
@@ -541,6 +541,8 @@ def render_json(card: Scorecard) -> str:
         } for r in card.results],
         "false_positives": [{"labels": t.labels, "pending_at": rt(t.pending),
                              "firing_at": rt(t.firing)} for t in card.false_positives],
+        "near_misses": [{"labels": t.labels, "pending_at": rt(t.pending)}
+                        for t in card.near_misses],
         "unexpected": [{"labels": t.labels, "firing_at": rt(t.firing)}
                        for t in card.unexpected],
     }, indent=2) + "\n"
@@ -631,6 +633,8 @@ class Endpoints:
     prometheus: str
     alertmanager: str | None
     token: str | None = None
+    # Self-contained: what the servers said, for the error message when one dies.
+    diagnose: Callable[[], str] | None = field(default=None, repr=False)
 
 
 def _strip_faults(config: Path, target: Path) -> None:
@@ -683,7 +687,16 @@ def local_stack(drill: Drill, workdir: Path, webhook_url: str,
             stack_.callback(daemon.close)
         except (stack.StartupError, stack.MissingBinaryError) as exc:
             raise DrillError(str(exc)) from None
-        yield Endpoints(daemon.url, prom.url, am.url), _runs_started(daemon)
+        def diagnose() -> str:
+            lines = []
+            for name, proc in (("daemon", daemon), ("prometheus", prom), ("alertmanager", am)):
+                if proc.proc.poll() is not None:
+                    tail = "".join(proc.lines[-10:]).rstrip()
+                    lines.append(f"{name} exited with status {proc.proc.returncode}:\n{tail}")
+            return "\n".join(lines)
+
+        yield (Endpoints(daemon.url, prom.url, am.url, diagnose=diagnose),
+               _runs_started(daemon))
 
 
 def _runs_started(daemon: stack.DaemonProcess) -> float:
@@ -726,9 +739,15 @@ def watch(drill: Drill, endpoints: Endpoints, obs: Observations, start: float,
             try:
                 client.inject(inj.run, inj.kind, duration=duration, params=dict(inj.params))
             except ClientError as exc:
-                raise DrillError(f"injecting {inj.kind} into {inj.run}: {exc}") from None
+                detail = endpoints.diagnose() if endpoints.diagnose else ""
+                raise DrillError(f"injecting {inj.kind} into {inj.run}: {exc}"
+                                 + (f"\n{detail}" if detail else "")) from None
             obs.injected[i] = clock() - start
-        obs.see_active(_prometheus_alerts(endpoints.prometheus), clock() - start)
+        try:
+            obs.see_active(_prometheus_alerts(endpoints.prometheus), clock() - start)
+        except DrillError as exc:
+            detail = endpoints.diagnose() if endpoints.diagnose else ""
+            raise DrillError(f"{exc}\n{detail}" if detail else str(exc)) from None
         card = evaluate(drill, obs, clock() - start)
         if progress is not None:
             done = sum(1 for r in card.results if r.status != WAITING)

@@ -64,6 +64,7 @@ class Group:
     clip: Floats | None = None  # max gradient norm per member (inf: no clipping)
     grad_sigma: Floats | None = None  # gradient_noise per member
     loss_sigma: Floats | None = None  # loss_noise per member
+    half: int | None = None  # the stall block length h when every member has the same one
     z0: Floats = field(init=False)
     z: Floats = field(init=False)
     grad: Floats = field(init=False)
@@ -259,6 +260,20 @@ class Engine:
         self.flip_steps: Ints = col(lambda s: s.detect.oscillation_flip_steps, np.int64)
         self.osc_improvement: Floats = col(lambda s: s.detect.oscillation_min_improvement,
                                            np.float64)
+        rate = col(lambda s: s.detect.divergence_growth_rate, np.float64)
+        # A rate of 0 switches the smoothed-growth test off: no rate exceeds infinity.
+        self.growth_rate: Floats = np.where(rate > 0, rate, np.inf)
+        self.log_growth_factor: Floats = np.log(self.growth_factor)
+        self.beta: Floats = 1.0 / col(lambda s: s.detect.smoothing_steps, np.float64)
+        # The stall window is two adjacent blocks of h steps each. Their means are h steps
+        # apart, so a relative threshold meant over the K-step window is scaled by h / K.
+        self.half: Ints = np.maximum(self.window // 2, 1)
+        self.min_improvement *= self.half / self.window
+        self.osc_improvement *= self.half / self.window
+        self.noise_coef: Floats = (col(lambda s: s.detect.stall_noise_z, np.float64)
+                                   * np.sqrt(np.pi / (2.0 * self.half)))
+        self.flip_cosine: Floats = -col(lambda s: s.detect.oscillation_flip_cosine, np.float64)
+        self.clear_steps: Ints = col(lambda s: s.detect.clear_steps, np.int64)
         self.keys = np.array([rng.run_key(s.seed, s.name) for s in ss], dtype=np.uint64)
 
         self.groups: list[Group] = []
@@ -267,7 +282,10 @@ class Engine:
             stop = start
             while stop < n and _group_key(ss[stop]) == _group_key(ss[start]):
                 stop += 1
-            self.groups.append(_make_group(start, stop, ss[start:stop], self.keys[start:stop]))
+            group = _make_group(start, stop, ss[start:stop], self.keys[start:stop])
+            halves = {max(s.detect.stall_window // 2, 1) for s in ss[start:stop]}
+            group.half = halves.pop() if len(halves) == 1 else None
+            self.groups.append(group)
             start = stop
 
         self.born: Floats = np.full(n, now, np.float64)
@@ -284,10 +302,23 @@ class Engine:
         self.streak: Ints = np.zeros(n, np.int64)
         self.streak_base: Floats = np.zeros(n, np.float64)
         self.flip_streak: Ints = np.zeros(n, np.int64)
+        self.level: Floats = np.zeros(n, np.float64)  # EMA of log J
+        self.peak: Floats = np.zeros(n, np.float64)  # its highest value outside growth streaks
+        self.rate_streak: Ints = np.zeros(n, np.int64)
+        self.cosine: Floats = np.zeros(n, np.float64)  # EMA of the successive-update cosine
+        self.csum: Floats = np.zeros(n, np.float64)  # sum of losses since step 0
+        self.dsum: Floats = np.zeros(n, np.float64)  # sum of |loss change| since step 0
+        # Hysteresis countdowns: an alert stays active while its countdown is positive.
+        self.stall_hold: Ints = np.zeros(n, np.int64)
+        self.osc_hold: Ints = np.zeros(n, np.int64)
+        self.conv_hold: Ints = np.zeros(n, np.int64)
+        # Ring buffers of csum and dsum over the last window (2h + 1 entries are read).
         # A power of two, so ring positions are a bitwise AND instead of an integer modulo.
-        self.hist_width = 1 << int(self.window.max()).bit_length() if n else 1
-        self.hist: Floats = np.zeros((n, self.hist_width), np.float64)
-        self._hist_base: Ints = np.arange(n, dtype=np.int64) * self.hist_width
+        self.hist_width = 1 << int(2 * self.half.max()).bit_length() if n else 1
+        # Slot-major (width, n): runs at the same step read one contiguous row.
+        self.hist: Floats = np.zeros((self.hist_width, n), np.float64)
+        self.dhist: Floats = np.zeros((self.hist_width, n), np.float64)
+        self._row_index: Ints = np.arange(n, dtype=np.int64)
         self.diverged: Bools = np.zeros(n, np.bool_)
         self.converged: Bools = np.zeros(n, np.bool_)
         self.stalled: Bools = np.zeros(n, np.bool_)
@@ -411,11 +442,23 @@ class Engine:
         self.streak[rows] = 0
         self.streak_base[rows] = loss0
         self.flip_streak[rows] = 0
-        self.hist[rows] = loss0[:, None]
+        level0 = detectors.log_loss(loss0)
+        self.level[rows] = level0
+        self.peak[rows] = level0
+        self.rate_streak[rows] = 0
+        self.cosine[rows] = 0.0
+        self.csum[rows] = loss0
+        self.dsum[rows] = 0.0
+        self.hist[:, rows] = loss0
+        self.dhist[:, rows] = 0.0
         self.diverged[rows] = False
         self.stalled[rows] = False
         self.oscillating[rows] = False
-        self.converged[rows] = detectors.converged(self.grad_norm[rows], self.tolerance[rows])
+        self.stall_hold[rows] = 0
+        self.osc_hold[rows] = 0
+        conv = detectors.converged(self.grad_norm[rows], self.tolerance[rows])
+        self.conv_hold[rows] = self.clear_steps[rows] * conv
+        self.converged[rows] = conv
         self.last_step_time[rows] = at
         self._update_state(rows)
 
@@ -516,47 +559,105 @@ class Engine:
             moving = moving & finite
         streak = detectors.rising_streak(prev_loss, loss, self.streak[rows])
         base = detectors.streak_base(streak, loss, self.streak_base[rows])
+        level, rate = detectors.smoothed_rate(
+            self.level[rows], detectors.log_loss(loss), self.beta[rows])
+        rate_streak = detectors.count_while(rate > self.growth_rate[rows], self.rate_streak[rows])
+        peak = self.peak[rows]
         diverged = detectors.diverging(finite, loss, absmax, streak, base, self.loss_limit[rows],
                                        self.param_limit[rows], self.growth_limit[rows],
-                                       self.growth_factor[rows]) | held
+                                       self.growth_factor[rows], rate_streak, level, peak,
+                                       self.log_growth_factor[rows]) | held
+        peak = np.maximum(peak, level, where=rate_streak == 0, out=peak.copy())
 
-        # Ring buffer of recent losses, addressed through the flattened array for speed.
-        offset = self._hist_base[rows]
-        window = self.window[rows]
-        flat = self.hist.reshape(-1)
+        # Ring buffers of running sums: block sums over the window are differences of two
+        # entries. When the whole group is at one step (the usual case) the entries are rows.
+        half = self.half[rows]
         wrap = self.hist_width - 1
-        old = flat.take(offset + ((step - window) & wrap))
-        slot = offset + (step & wrap)
-        flat.put(slot, loss if mask is None else np.where(mask, loss, flat.take(slot)))
-        improvement = detectors.relative_improvement(old, loss)
-        have_window = step >= window
+        csum = self.csum[rows] + loss
+        dsum = self.dsum[rows] + np.abs(loss - prev_loss)
+        k = int(step[0])
+        if mask is None and g.half is not None and k == step[-1] and (step == k).all():
+            h = g.half
+            c_mid = self.hist[(k - h) & wrap, rows]
+            older = c_mid - self.hist[(k - 2 * h) & wrap, rows]
+            recent = csum - c_mid
+            noise = dsum - self.dhist[(k - h) & wrap, rows]
+            self.hist[k & wrap, rows] = csum
+            self.dhist[k & wrap, rows] = dsum
+            have_window: Bools | bool = k >= 2 * h
+        else:
+            n = len(self.names)
+            index = self._row_index[rows]
+            slot = (step & wrap) * n + index
+            mid = ((step - half) & wrap) * n + index
+            flat = self.hist.reshape(-1)
+            dflat = self.dhist.reshape(-1)
+            c_mid = flat.take(mid)
+            older = c_mid - flat.take(((step - 2 * half) & wrap) * n + index)
+            recent = csum - c_mid
+            noise = dsum - dflat.take(mid)
+            if mask is not None:
+                flat.put(slot, np.where(mask, csum, flat.take(slot)))
+                dflat.put(slot, np.where(mask, dsum, dflat.take(slot)))
+            else:
+                flat.put(slot, csum)
+                dflat.put(slot, dsum)
+            have_window = step >= 2 * half
         ok = ~diverged
-        is_converged = detectors.converged(grad_norm, self.tolerance[rows]) & ok
-        flips = detectors.flip_streak(_row_dot(dw, g.prev_dw), self.flip_streak[rows])
-        oscillating = detectors.oscillating(flips, improvement, have_window,
-                                            self.flip_steps[rows], self.osc_improvement[rows],
-                                            is_converged) & ok
-        stalled = detectors.stalled(improvement, have_window, self.min_improvement[rows],
-                                    is_converged) & ~oscillating & ok
-        update_norm = np.where(held, self.update_norm[rows], _row_norm(dw))
+        clear = self.clear_steps[rows]
+        conv_hold = detectors.hold(detectors.converged(grad_norm, self.tolerance[rows]),
+                                   self.conv_hold[rows], clear)
+        is_converged = (conv_hold > 0) & ok
+        step_norm = _row_norm(dw)
+        dot = _row_dot(dw, g.prev_dw)
+        # In one dimension the cosine is the sign of the product.
+        cos = (np.sign(dot) if g.dims == 1
+               else detectors.update_cosine(dot, step_norm * self.update_norm[rows]))
+        cosine, _ = detectors.smoothed_rate(self.cosine[rows], cos, self.beta[rows])
+        flips = detectors.count_while(cosine <= self.flip_cosine[rows], self.flip_streak[rows])
+        osc_hold = detectors.hold(
+            detectors.oscillating(flips, older, recent, have_window, self.flip_steps[rows],
+                                  self.osc_improvement[rows], is_converged),
+            self.osc_hold[rows], clear)
+        oscillating = (osc_hold > 0) & ~is_converged & ok
+        stall_hold = detectors.hold(
+            detectors.stalled(detectors.flat(older, recent, noise, self.min_improvement[rows],
+                                             self.noise_coef[rows]),
+                              have_window, is_converged),
+            self.stall_hold[rows], clear)
+        stalled = (stall_hold > 0) & ~is_converged & ~oscillating & ok
+        update_norm = np.where(held, self.update_norm[rows], step_norm)
 
         column = None if mask is None else mask[:, None]
         for dst, src, where in (
             (g.z, z_new, column), (g.grad, grad, column), (g.prev_dw, dw, column),
             (self.step[rows], step, mask), (self.loss[rows], loss, mask),
             (self.grad_norm[rows], grad_norm, mask), (self.param_absmax[rows], absmax, mask),
-            (self.lr[rows], lr, mask), (self.update_norm[rows], update_norm, mask),
-            (self.drift[rows], drift, mask),
-            (self.streak[rows], streak, mask), (self.streak_base[rows], base, mask),
-            (self.flip_streak[rows], flips, mask),
-            (self.diverged[rows], diverged, mask), (self.converged[rows], is_converged, mask),
-            (self.stalled[rows], stalled, mask), (self.oscillating[rows], oscillating, mask),
-            (self.last_step_time[rows], stepped_at, mask),
+            (self.lr[rows], lr, mask), (self.drift[rows], drift, mask),
         ):
             if where is None:
                 dst[...] = src
             else:
                 np.copyto(dst, src, where=where)
+        # Arrays computed afresh this step: when the group is the whole fleet and every member
+        # stepped, they replace the stored ones instead of being copied into them.
+        fresh: tuple[tuple[str, NDArray[Any]], ...] = (
+                 ("step", step), ("update_norm", update_norm), ("streak", streak),
+                 ("streak_base", base), ("flip_streak", flips), ("level", level),
+                 ("peak", peak), ("rate_streak", rate_streak), ("cosine", cosine),
+                 ("csum", csum), ("dsum", dsum), ("conv_hold", conv_hold),
+                 ("osc_hold", osc_hold), ("stall_hold", stall_hold), ("diverged", diverged),
+                 ("converged", is_converged), ("stalled", stalled),
+                 ("oscillating", oscillating), ("last_step_time", stepped_at))
+        if mask is None and g.start == 0 and g.stop == len(self.names):
+            for name, src in fresh:
+                setattr(self, name, src)
+        else:
+            for name, src in fresh:
+                if mask is None:
+                    getattr(self, name)[rows] = src
+                else:
+                    np.copyto(getattr(self, name)[rows], src, where=mask)
         if new_state:
             # Optimizer state advances only for rows that really updated.
             assert g.optimizer is not None
@@ -716,15 +817,17 @@ class Engine:
         dst = np.array([k[1] for k in kept])
         for name in ("born", "paused", "step", "progress", "restarts", "loss", "grad_norm",
                      "param_absmax", "lr", "update_norm", "drift", "streak", "streak_base",
-                     "flip_streak",
+                     "flip_streak", "level", "peak", "rate_streak", "cosine", "csum", "dsum",
+                     "conv_hold", "osc_hold", "stall_hold",
                      "diverged", "converged", "stalled", "oscillating", "state",
                      "last_step_time"):
             getattr(new, name)[dst] = getattr(self, name)[src]
-        # Re-index the loss ring buffer: column (step - j) keeps its meaning for recent j.
+        # Re-index the ring buffers: column (step - j) keeps its meaning for recent j.
         step = self.step[src]
         for j in range(min(self.hist_width, new.hist_width)):
-            col = self.hist[src, (step - j) % self.hist_width]
-            new.hist[dst, (step - j) % new.hist_width] = col
+            for ring in ("hist", "dhist"):
+                col = getattr(self, ring)[(step - j) % self.hist_width, src]
+                getattr(new, ring)[(step - j) % new.hist_width, dst] = col
         for s_row, d_row in kept:
             sg = self._group_of(s_row)
             dg = new._group_of(d_row)

@@ -62,6 +62,9 @@ Route = Callable[["Handler", str], Response]
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
+    # socketserver's default listen backlog is 5: with more concurrent scrapers connecting,
+    # the kernel drops SYNs and clients wait 1 s, 3 s, 7 s for the retransmits.
+    request_queue_size = socket.SOMAXCONN
     app: App
     routes: list[tuple[str, Route]]
     # Requests being answered right now (idle keep-alive connections do not count).

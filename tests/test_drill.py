@@ -1,0 +1,298 @@
+"""Drills: the scorecard's logic on driven observations, its outputs, and real drills end to end
+(daemon, Debian's Prometheus and Alertmanager on loopback) that pass, fail and error honestly."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+from xml.etree import ElementTree
+
+import pytest
+
+from simulator.config import ConfigError
+from simulator.drill import (
+    FAIL,
+    PASS,
+    WAITING,
+    Observations,
+    evaluate,
+    load_drill,
+    render_json,
+    render_junit,
+    render_table,
+)
+from tests.conftest import need_binary
+
+REPO = Path(__file__).resolve().parent.parent
+DRILLS = REPO / "configs" / "drills"
+SHIPPED = sorted(DRILLS.glob("*.yaml"))
+
+QUICK_SCENARIO = """
+defaults: {init: 5.5, steps: 600, step_interval: 1s, loop: true}
+runs:
+  - name: victim
+    optimizer: {learning_rate: 0.05}
+    faults:
+      - {kind: lr_spike, at: 20s, duration: 60s, factor: 30}
+  - name: healthy
+    optimizer: {learning_rate: 0.2}
+"""
+
+
+def quick_drill(tmp_path: Path, firing_within: str = "3m", extra_silent: str = "") -> Path:
+    (tmp_path / "scenario.yaml").write_text(QUICK_SCENARIO)
+    drill = tmp_path / "drill.yaml"
+    drill.write_text(f"""drill: quick
+config: scenario.yaml
+speed: 20
+expect:
+  - alert: TrainsimRunDiverging
+    labels: {{run: victim, drill: "true"}}
+    firing_within: {firing_within}
+    notify_within: 4m
+silent:
+  - alert: .+
+    labels: {{run: healthy}}
+{extra_silent}""")
+    return drill
+
+
+# --------------------------------------------------------------------------- drill files
+
+
+def test_every_scenario_has_a_drill_and_every_drill_loads() -> None:
+    scenarios = {p.stem for p in (REPO / "configs" / "scenarios").glob("*.yaml")}
+    assert {p.stem for p in SHIPPED} == scenarios
+    for path in SHIPPED:
+        drill = load_drill(path)
+        assert drill.injections, path
+        assert drill.expectations, path
+        assert all(e.firing_within > 0 for e in drill.expectations)
+
+
+def test_a_drill_takes_its_timeline_from_the_scenarios_scheduled_faults(tmp_path: Path) -> None:
+    drill = load_drill(quick_drill(tmp_path))
+    assert [(i.at, i.run, i.kind, i.duration, dict(i.params)) for i in drill.injections] == [
+        (20.0, "victim", "lr_spike", 60.0, {"factor": 30.0})]
+
+
+def test_drill_file_mistakes_are_reported_with_file_and_line(tmp_path: Path) -> None:
+    (tmp_path / "scenario.yaml").write_text(QUICK_SCENARIO)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("""drill: bad
+config: scenario.yaml
+colour: blue
+expect:
+  - alert: TrainsimRunDiverging
+    fault: 4
+    firing_within: soon
+    labels: {run: "("}
+""")
+    with pytest.raises(ConfigError) as info:
+        load_drill(bad)
+    assert str(info.value).splitlines() == [
+        f"{bad}:3: colour: unknown key (expected one of: config, drill, expect, silent, speed)",
+        f"{bad}:6: expect[0].fault: must name one of the 1 injected faults (0-based)",
+        f"{bad}:7: expect[0].firing_within: must be a duration like 250ms, 1s or 2m, "
+        "got 'soon'",
+        f"{bad}:8: expect[0].labels.run: not a valid regular expression: missing ), "
+        "unterminated subpattern at position 0",
+    ]
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+def observed(firing: float | None, notified: float | None = None, pending: float = 0.5,
+             resolved: float | None = None) -> Observations:
+    """One victim alert seen at drill times (wall seconds; the drill runs at speed 20)."""
+    obs = Observations()
+    obs.injected[0] = 1.0
+    labels = {"alertname": "TrainsimRunDiverging", "run": "victim", "drill": "true"}
+    obs.see_active([{"labels": labels, "state": "pending"}], 1.0 + pending)
+    if firing is not None:
+        obs.see_active([{"labels": labels, "state": "firing"}], 1.0 + firing)
+    if notified is not None:
+        obs.see_notification({"alerts": [{"status": "firing", "labels": labels}]},
+                             1.0 + notified)
+    if resolved is not None:
+        obs.see_active([], 1.0 + resolved)
+    return obs
+
+
+def test_scorecard_passes_within_budget_and_reports_run_time_latencies(tmp_path: Path) -> None:
+    drill = load_drill(quick_drill(tmp_path))
+    card = evaluate(drill, observed(firing=6.0, notified=7.0), now=20.0)
+    (r,) = card.results
+    assert (r.status, r.firing_latency, r.notify_latency) == (PASS, 120.0, 140.0)
+    assert card.passed
+
+
+def test_a_late_alert_fails_on_latency(tmp_path: Path) -> None:
+    drill = load_drill(quick_drill(tmp_path, firing_within="1m"))
+    (r,) = evaluate(drill, observed(firing=6.0, notified=7.0), now=20.0).results
+    assert r.status == FAIL
+    assert r.message == "fired after 2.0m, budget 60.0s"
+
+
+def test_a_missing_alert_waits_then_times_out_as_a_failure(tmp_path: Path) -> None:
+    drill = load_drill(quick_drill(tmp_path))
+    obs = observed(firing=None)
+    assert evaluate(drill, obs, now=5.0).results[0].status == WAITING
+    late = evaluate(drill, obs, now=1.0 + 180 / 20 + 0.1).results[0]
+    assert (late.status, late.message) == (FAIL, "did not fire within 3.0m (only pending)")
+    final = evaluate(drill, obs, now=2.0, final=True)
+    assert final.results[0].status == FAIL and not final.passed
+
+
+def test_a_missing_notification_fails_and_a_forbidden_one_fails(tmp_path: Path) -> None:
+    drill = load_drill(quick_drill(tmp_path))
+    r = evaluate(drill, observed(firing=6.0), now=1.0 + 240 / 20 + 0.1).results[0]
+    assert (r.status, r.message) == (FAIL, "no notification within 4.0m")
+    import dataclasses
+
+    quiet = dataclasses.replace(drill, expectations=(
+        dataclasses.replace(drill.expectations[0], notify=False),))
+    r = evaluate(quiet, observed(firing=6.0, notified=7.0), now=20.0).results[0]
+    assert (r.status, r.message) == (FAIL, "notified, but must not notify")
+
+
+def test_silent_alerts_that_fire_are_false_positives_and_pending_ones_near_misses(
+        tmp_path: Path) -> None:
+    drill = load_drill(quick_drill(tmp_path))
+    obs = observed(firing=6.0, notified=7.0)
+    obs.see_active([{"labels": {"alertname": "TrainsimLossRising", "run": "healthy"},
+                     "state": "pending"}], 3.0)
+    card = evaluate(drill, obs, now=20.0)
+    assert card.passed and [t.labels["run"] for t in card.near_misses] == ["healthy"]
+    obs.see_active([{"labels": {"alertname": "TrainsimLossRising", "run": "healthy"},
+                     "state": "firing"}], 4.0)
+    card = evaluate(drill, obs, now=20.0)
+    assert not card.passed
+    assert [t.labels["alertname"] for t in card.false_positives] == ["TrainsimLossRising"]
+
+
+def test_json_and_junit_outputs_have_their_schema(tmp_path: Path) -> None:
+    drill = load_drill(quick_drill(tmp_path, firing_within="1m"))
+    card = evaluate(drill, observed(firing=6.0, notified=7.0), now=20.0, final=True)
+    doc = json.loads(render_json(card))
+    assert doc["passed"] is False and doc["drill"] == "quick"
+    (exp,) = doc["expectations"]
+    assert exp["status"] == "FAIL" and exp["firing_latency_seconds"] == 120.0
+    assert exp["firing_budget_seconds"] == 60.0
+    suite = ElementTree.fromstring(render_junit(card))
+    assert suite.tag == "testsuite"
+    cases = suite.findall("testcase")
+    assert [c.get("name") for c in cases] == ['TrainsimRunDiverging{run=~"victim",drill=~"true"}',
+                                             'silent .+{run=~"healthy"}']
+    assert suite.get("tests") == "2" and suite.get("failures") == "1"
+    (failure,) = cases[0].findall("failure")
+    assert failure.get("message") == "fired after 2.0m, budget 60.0s"
+    assert cases[1].findall("failure") == []
+    assert "FAIL" in render_table(card)
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+@pytest.fixture
+def servers() -> None:
+    for name in ("prometheus", "promtool"):
+        need_binary(name)
+    need_binary("prometheus-alertmanager", "alertmanager")
+
+
+def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "simulator", "drill", *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_each_shipped_drill_passes_end_to_end(path: Path, servers: None, tmp_path: Path) -> None:
+    junit = tmp_path / "junit.xml"
+    start = time.monotonic()
+    res = run_cli(str(path), "--output", "json", "--junit", str(junit))
+    doc = json.loads(res.stdout)
+    assert res.returncode == 0, (res.stdout, res.stderr[-3000:])
+    assert doc["passed"] is True
+    assert all(e["status"] == "PASS" for e in doc["expectations"])
+    assert ElementTree.parse(junit).getroot().get("failures") == "0"
+    print(f"{path.stem}: {time.monotonic() - start:.1f}s wall")
+
+
+def broken_rules(tmp_path: Path, replace: dict[str, str]) -> Path:
+    rules = tmp_path / "rules"
+    shutil.copytree(REPO / "configs" / "prometheus" / "rules", rules)
+    path = rules / "trainsim-alerts.yml"
+    text = path.read_text()
+    for old, new in replace.items():
+        assert old in text
+        text = text.replace(old, new)
+    path.write_text(text)
+    return rules
+
+
+def test_a_rule_that_never_fires_fails_the_drill(servers: None, tmp_path: Path) -> None:
+    rules = broken_rules(tmp_path, {
+        'expr: max without (alert) (trainsim_alert_active{alert="divergence"}) == 1':
+        'expr: max without (alert) (trainsim_alert_active{alert="divergence"}) == 2'})
+    res = run_cli(str(quick_drill(tmp_path)), "--rules", str(rules))
+    assert res.returncode == 1, res.stderr[-3000:]
+    assert "did not fire within 3.0m" in res.stdout
+    assert res.stdout.startswith("drill quick") and ": FAIL" in res.stdout.splitlines()[0]
+
+
+def test_a_rule_that_fires_on_healthy_runs_is_reported_as_a_false_positive(
+        servers: None, tmp_path: Path) -> None:
+    rules = broken_rules(tmp_path, {
+        "  - name: trainsim.detectors\n    rules:\n":
+        "  - name: trainsim.detectors\n    rules:\n"
+        "      - alert: TrainsimLossAlwaysHigh\n"
+        "        expr: trainsim_loss > 0\n"
+        "        for: 10s\n"
+        "        labels: {severity: warning}\n"
+        "        annotations: {summary: x, description: x, runbook_url: x}\n"})
+    res = run_cli(str(quick_drill(tmp_path)), "--rules", str(rules), "--output", "json")
+    assert res.returncode == 1, res.stderr[-3000:]
+    doc = json.loads(res.stdout)
+    assert doc["expectations"][0]["status"] == "PASS"
+    runs = {fp["labels"]["run"] for fp in doc["false_positives"]}
+    assert runs == {"healthy"}
+    assert {fp["labels"]["alertname"] for fp in doc["false_positives"]} == {
+        "TrainsimLossAlwaysHigh"}
+
+
+def test_a_budget_too_tight_fails_on_latency(servers: None, tmp_path: Path) -> None:
+    res = run_cli(str(quick_drill(tmp_path, firing_within="20s")), "--output", "json")
+    assert res.returncode == 1, res.stderr[-3000:]
+    (exp,) = json.loads(res.stdout)["expectations"]
+    assert exp["status"] == "FAIL"
+    assert exp["message"].startswith("fired after") or exp["message"].startswith(
+        "did not fire within 20.0s")
+
+
+def test_an_unreachable_prometheus_is_an_error_not_a_pass(tmp_path: Path,
+                                                          daemon_factory: Any) -> None:
+    from simulator.stack import free_port
+
+    d = daemon_factory(speed=20)
+    res = run_cli(str(quick_drill(tmp_path)), "--daemon", d.url, "--prometheus",
+                  f"http://127.0.0.1:{free_port()}", timeout=60)
+    assert res.returncode == 3
+    assert "Prometheus at http://127.0.0.1:" in res.stderr
+    assert "unreachable" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_a_bad_drill_file_exits_2_with_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("drill: x\nexpect: []\n")
+    res = run_cli(str(bad), timeout=60)
+    assert res.returncode == 2
+    assert res.stderr.splitlines() == [f"{bad}:1: config: required key is missing",
+                                       f"{bad}:2: expect: must be a non-empty list"]
