@@ -38,6 +38,7 @@ pytest:
 bench: $(BIN)/python
 	$(BIN)/pip install --quiet --disable-pip-version-check .
 	$(BIN)/python benchmarks/bench_scrape_engine.py
+	$(BIN)/python benchmarks/bench_fleet.py
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

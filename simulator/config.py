@@ -539,41 +539,38 @@ def finite(value: Any) -> float:
     return x
 
 
-def positive(value: Any) -> float:
-    """A finite float > 0."""
-    x = finite(value)
-    if x <= 0:
-        raise ValueError(f"must be > 0, got {value!r}")
-    return x
+def bounded(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
+            hi_open: bool = False, of: Callable[[Any], float] = finite,
+            ) -> Callable[[Any], float]:
+    """A converter (``of``: a finite number by default, or a duration) checked against a range;
+    its error says the range, e.g. ``must be > 0, got -0.1``."""
+    if lo is not None and hi is not None:
+        if lo_open and hi_open:
+            text = f"strictly between {lo:g} and {hi:g}"
+        elif lo_open:
+            text = f"> {lo:g} and <= {hi:g}"
+        else:
+            text = f"between {lo:g} and {hi:g}"
+    elif lo is not None:
+        text = f"{'>' if lo_open else '>='} {lo:g}"
+    else:
+        text = f"{'<' if hi_open else '<='} {hi:g}"
+
+    def convert(value: Any) -> float:
+        x = of(value)
+        if ((lo is not None and (x <= lo if lo_open else x < lo))
+                or (hi is not None and (x >= hi if hi_open else x > hi))):
+            raise ValueError(f"must be {text}, got {value!r}")
+        return x
+    return convert
 
 
-def non_negative(value: Any) -> float:
-    """A finite float >= 0."""
-    x = finite(value)
-    if x < 0:
-        raise ValueError(f"must be >= 0, got {value!r}")
-    return x
-
-
-def _unit(value: Any) -> float:
-    x = finite(value)
-    if not 0 <= x <= 1:
-        raise ValueError(f"must be between 0 and 1, got {value!r}")
-    return x
-
-
-def _open_unit(value: Any) -> float:
-    x = finite(value)
-    if not 0 < x < 1:
-        raise ValueError(f"must be strictly between 0 and 1, got {value!r}")
-    return x
-
-
-def _half_open_unit(value: Any) -> float:
-    x = finite(value)
-    if not 0 < x <= 1:
-        raise ValueError(f"must be > 0 and <= 1, got {value!r}")
-    return x
+positive = bounded(0, lo_open=True)
+non_negative = bounded(0)
+_unit = bounded(0, 1)
+_open_unit = bounded(0, 1, lo_open=True, hi_open=True)
+_half_open_unit = bounded(0, 1, lo_open=True)
+_at_least_one = bounded(1)
 
 
 def _betas(value: Any) -> tuple[float, float]:
@@ -868,7 +865,7 @@ def fault_spec(r: _Reader, value: Any, line: int, path: str, step_interval: floa
     for a, b in (("at", "at_step"), ("duration", "steps")):
         if a in m and b in m:
             r.error(m.lines[b], _join(path, b), f"give either {a} or {b}, not both")
-    at = r.take(m, path, "at", _non_negative_duration, None)
+    at = r.take(m, path, "at", non_negative_duration, None)
     if "at_step" in m:
         at = r.take(m, path, "at_step", integer(0, MAX_STEPS), 0) * step_interval
     if at is None and "at" not in m:
@@ -878,7 +875,7 @@ def fault_spec(r: _Reader, value: Any, line: int, path: str, step_interval: floa
         at = at_default
     if at is None:
         return None
-    duration = r.take(m, path, "duration", _positive_duration, None)
+    duration = r.take(m, path, "duration", positive_duration, None)
     if "steps" in m:
         duration = r.take(m, path, "steps", integer(1, MAX_STEPS), 1) * step_interval
     if duration is None:
@@ -894,25 +891,8 @@ def fault_spec(r: _Reader, value: Any, line: int, path: str, step_interval: floa
     return FaultSpec(kind=kind, at=float(at), duration=float(duration), params=tuple(params))
 
 
-def _non_negative_duration(value: Any) -> float:
-    seconds = parse_duration(value)
-    if seconds < 0:
-        raise ValueError(f"must be >= 0, got {value!r}")
-    return seconds
-
-
-def _positive_duration(value: Any) -> float:
-    seconds = parse_duration(value)
-    if seconds <= 0:
-        raise ValueError(f"must be > 0, got {value!r}")
-    return seconds
-
-
-def _at_least_one(value: Any) -> float:
-    x = finite(value)
-    if x < 1:
-        raise ValueError(f"must be >= 1, got {value!r}")
-    return x
+non_negative_duration = bounded(0, of=parse_duration)
+positive_duration = bounded(0, lo_open=True, of=parse_duration)
 
 
 def _faults(r: _Reader, value: Any, line: int, path: str,

@@ -46,6 +46,7 @@ from simulator.config import (
     integer,
     parse_duration,
     positive,
+    positive_duration,
 )
 from simulator.config import DEFAULT_DURATION as _DEFAULT_DURATION
 
@@ -195,13 +196,7 @@ def _failures(r: _Reader, value: Any, line: int, path: str) -> Failures | None:
         except ValueError as exc:
             r.error(m.lines["between"], _join(path, "between"), str(exc))
 
-    def _positive_duration(v: Any) -> float:
-        seconds = parse_duration(v)
-        if seconds <= 0:
-            raise ValueError(f"must be > 0, got {v!r}")
-        return seconds
-
-    duration = r.take(m, path, "duration", _positive_duration, None)
+    duration = r.take(m, path, "duration", positive_duration, None)
     if len(r.issues) != before:
         return None
     return Failures(fraction, kinds, earliest, latest, duration)
