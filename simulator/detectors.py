@@ -81,14 +81,19 @@ def converged(grad_norm: Floats, tolerance: Floats) -> Bools:
 def flat(older_sum: Floats, recent_sum: Floats, abs_steps_sum: Floats, min_improvement: Floats,
          noise_coef: Floats) -> Bools:
     """The loss is flat over the window: the sums of two adjacent blocks of h losses differ by
-    less than ``min_improvement`` (relative) plus ``noise_coef`` times the sum of the absolute
-    step-to-step changes in the recent block.
+    less than ``min_improvement`` (relative) plus ``noise_coef`` times ``abs_steps_sum``, the
+    smaller of the two blocks' sums of absolute step-to-step changes.
 
     For i.i.d. noise of standard deviation sigma, E|J_k - J_(k-1)| = 2 sigma / sqrt(pi), so that
     sum estimates sigma without being fooled by a trend (a trend of slope s adds only h |s|),
     and the block difference has standard deviation sigma sqrt(2 h);
-    ``noise_coef = z sqrt(pi / (2 h))`` makes the tolerance z standard deviations. Either way:
-    a rising loss is a different trouble, so the test is on the absolute difference.
+    ``noise_coef = z sqrt(pi / (2 h))`` makes the tolerance z standard deviations. The smaller
+    of the two sums, because a single jump of the loss by D (the first steps of a blow-up)
+    moves the block difference by about D but adds D to its block's sum, and with
+    ``noise_coef`` > 1 one block's sum alone would call the jump "flat" (the detection corpus,
+    benchmarks/detection_corpus.py, caught this: every lr spike on Rosenbrock stalled before it
+    diverged). Either way: a rising loss is a different trouble, so the test is on the
+    absolute difference.
     """
     result: Bools = (np.abs(older_sum - recent_sum)
                      <= min_improvement * np.abs(older_sum) + noise_coef * abs_steps_sum)

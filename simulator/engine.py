@@ -581,7 +581,9 @@ class Engine:
             c_mid = self.hist[(k - h) & wrap, rows]
             older = c_mid - self.hist[(k - 2 * h) & wrap, rows]
             recent = csum - c_mid
-            noise = dsum - self.dhist[(k - h) & wrap, rows]
+            # The smaller half's |change| sum: a jump must not pass for noise (detectors.flat).
+            d_mid = self.dhist[(k - h) & wrap, rows]
+            noise = np.minimum(dsum - d_mid, d_mid - self.dhist[(k - 2 * h) & wrap, rows])
             self.hist[k & wrap, rows] = csum
             self.dhist[k & wrap, rows] = dsum
             have_window: Bools | bool = k >= 2 * h
@@ -592,10 +594,12 @@ class Engine:
             mid = ((step - half) & wrap) * n + index
             flat = self.hist.reshape(-1)
             dflat = self.dhist.reshape(-1)
+            first = ((step - 2 * half) & wrap) * n + index
             c_mid = flat.take(mid)
-            older = c_mid - flat.take(((step - 2 * half) & wrap) * n + index)
+            older = c_mid - flat.take(first)
             recent = csum - c_mid
-            noise = dsum - dflat.take(mid)
+            d_mid = dflat.take(mid)
+            noise = np.minimum(dsum - d_mid, d_mid - dflat.take(first))
             if mask is not None:
                 flat.put(slot, np.where(mask, csum, flat.take(slot)))
                 dflat.put(slot, np.where(mask, dsum, dflat.take(slot)))

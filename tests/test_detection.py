@@ -89,3 +89,19 @@ runs:
 """, 100)
     assert seen["edge"] == {"oscillation"}
     assert seen["seed"] == set()
+
+
+def test_a_jump_of_the_loss_at_the_start_of_a_blow_up_is_not_read_as_a_stall() -> None:
+    # A jump by D moves the half-window difference by about D and adds D to its half's sum of
+    # |J_k - J_(k-1)|; the noise allowance takes the smaller half's sum, so the jump is no
+    # "flat" window. Found by the detection corpus (every lr spike on Rosenbrock stalled).
+    seen = alerts_over("""
+runs:
+  - name: spike
+    steps: 300
+    landscape: {kind: rosenbrock}
+    init: [-1.2, 1]
+    optimizer: {kind: sgd, learning_rate: 0.0004}
+    faults: [{kind: lr_spike, at_step: 100, steps: 50, factor: 30}]
+""", 160)
+    assert seen["spike"] == {"divergence"}
