@@ -488,6 +488,14 @@ class _Reader:
                 self.error(m.lines[key], _join(path, str(key)),
                            f"unknown key (expected one of: {hint})")
 
+    def mappings(self, seq: LocList, path: str) -> Iterator[tuple[str, LocMap]]:
+        """Each item of a list that is a mapping, with its path; other items are mistakes."""
+        for i, item in enumerate(seq):
+            item_path = f"{path}[{i}]"
+            m = self.mapping(item, seq.lines[i], item_path)
+            if m is not None:
+                yield item_path, m
+
     def take(self, m: LocMap, path: str, key: str, convert: Callable[[Any], Any],
              default: Any = None, required: bool = False) -> Any:
         if key not in m:
@@ -654,6 +662,13 @@ _SCHEDULE_KEYS: dict[str, tuple[str, ...]] = {
     "cosine": ("T_max", "eta_min"),
 }
 _SCHEDULE_KINDS = tuple(_SCHEDULE_KEYS)
+
+
+def only(m: LocMap, keys: tuple[str, ...]) -> LocMap:
+    """The entries of ``m`` whose key is in ``keys``, lines kept."""
+    out = LocMap({k: v for k, v in m.items() if k in keys})
+    out.line, out.lines = m.line, {k: m.lines[k] for k in out}
+    return out
 
 
 def _merge(defaults: LocMap, run: LocMap) -> LocMap:
@@ -992,14 +1007,8 @@ def build_config(doc: Any, source: str) -> Config:
     elif not isinstance(runs, LocList) or (not runs and "fleet" not in top):
         r.error(top.lines["runs"], "runs", f"must be a non-empty list, got {_kind(runs)}")
     else:
-        for i, item in enumerate(runs):
-            path = f"runs[{i}]"
-            m = r.mapping(item, runs.lines[i], path)
-            if m is None:
-                continue
-            known_defaults = LocMap({k: v for k, v in defaults.items() if k in _DEFAULTS_KEYS})
-            known_defaults.line = defaults.line
-            known_defaults.lines = {k: defaults.lines[k] for k in known_defaults}
+        known_defaults = only(defaults, _DEFAULTS_KEYS)
+        for path, m in r.mappings(runs, "runs"):
             spec = _run(r, _merge(known_defaults, m), path)
             name_line = m.lines.get("name", m.line)
             name = m.get("name")

@@ -205,11 +205,7 @@ def load_drill(path: str | Path) -> Drill:
     if not isinstance(items, LocList) or not items:
         r.error(top.lines.get("expect", top.line), "expect", "must be a non-empty list")
     else:
-        for i, item in enumerate(items):
-            path_i = f"expect[{i}]"
-            m = r.mapping(item, items.lines[i], path_i)
-            if m is None:
-                continue
+        for path_i, m in r.mappings(items, "expect"):
             r.unknown_keys(m, path_i, ("alert", "labels", "fault", "firing_within", "notify",
                                        "notify_within", "resolve_within"))
             fault = r.take(m, path_i, "fault", integer(0, 10_000), 0)
@@ -231,11 +227,7 @@ def load_drill(path: str | Path) -> Drill:
     if not isinstance(entries, LocList):
         r.error(top.lines["silent"], "silent", "must be a list")
     else:
-        for i, item in enumerate(entries):
-            path_i = f"silent[{i}]"
-            m = r.mapping(item, entries.lines[i], path_i)
-            if m is None:
-                continue
+        for path_i, m in r.mappings(entries, "silent"):
             r.unknown_keys(m, path_i, ("alert", "labels"))
             silent.append(Silence(alert=r.take(m, path_i, "alert", _regex, ".+"),
                                   labels=_matchers(r, m, path_i)))

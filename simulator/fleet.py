@@ -44,6 +44,7 @@ from simulator.config import (
     _unit,
     finite,
     integer,
+    only,
     parse_duration,
     positive,
     positive_duration,
@@ -298,9 +299,7 @@ def read_fleet(r: _Reader, value: Any, line: int, defaults: LocMap) -> tuple[Run
         t = r.mapping(m["template"], m.lines["template"], "fleet.template")
         if t is not None:
             r.unknown_keys(t, "fleet.template", _DEFAULTS_KEYS)
-            template = LocMap({k: v for k, v in t.items() if k in _DEFAULTS_KEYS})
-            template.line = t.line
-            template.lines = {k: t.lines[k] for k in template}
+            template = only(t, _DEFAULTS_KEYS)
     base = _merge(defaults, template)
     base.line = template.line
     variants = _variants(r, m["landscapes"], m.lines["landscapes"]) \
