@@ -496,6 +496,18 @@ class _Reader:
             if m is not None:
                 yield item_path, m
 
+    def section(self, m: LocMap, key: str, path: str, allowed: tuple[str, ...]) -> LocMap:
+        """The optional sub-mapping ``m[key]`` with only ``allowed`` keys (others are
+        mistakes); an empty mapping when it is absent or not a mapping."""
+        if key in m:
+            sub = self.mapping(m[key], m.lines[key], path)
+            if sub is not None:
+                self.unknown_keys(sub, path, allowed)
+                return only(sub, allowed)
+        empty = LocMap()
+        empty.line, empty.lines = m.line, {}
+        return empty
+
     def take(self, m: LocMap, path: str, key: str, convert: Callable[[Any], Any],
              default: Any = None, required: bool = False) -> Any:
         if key not in m:
@@ -991,13 +1003,7 @@ def build_config(doc: Any, source: str) -> Config:
     if top is None:
         raise ConfigError(r.issues)
     r.unknown_keys(top, "", ("defaults", "runs", "fleet", "series_limit"))
-    defaults = LocMap()
-    defaults.line, defaults.lines = top.line, {}
-    if "defaults" in top:
-        d = r.mapping(top["defaults"], top.lines["defaults"], "defaults")
-        if d is not None:
-            r.unknown_keys(d, "defaults", _DEFAULTS_KEYS)
-            defaults = d
+    defaults = r.section(top, "defaults", "defaults", _DEFAULTS_KEYS)
     runs = top.get("runs")
     specs: list[RunSpec] = []
     first_line: dict[str, int] = {}
@@ -1007,9 +1013,8 @@ def build_config(doc: Any, source: str) -> Config:
     elif not isinstance(runs, LocList) or (not runs and "fleet" not in top):
         r.error(top.lines["runs"], "runs", f"must be a non-empty list, got {_kind(runs)}")
     else:
-        known_defaults = only(defaults, _DEFAULTS_KEYS)
         for path, m in r.mappings(runs, "runs"):
-            spec = _run(r, _merge(known_defaults, m), path)
+            spec = _run(r, _merge(defaults, m), path)
             name_line = m.lines.get("name", m.line)
             name = m.get("name")
             if isinstance(name, str) and name in first_line:

@@ -44,7 +44,6 @@ from simulator.config import (
     _unit,
     finite,
     integer,
-    only,
     parse_duration,
     positive,
     positive_duration,
@@ -293,13 +292,7 @@ def read_fleet(r: _Reader, value: Any, line: int, defaults: LocMap) -> tuple[Run
     init = _sampler(r, m, path, "init", positive_only=False)
     failures = (_failures(r, m["failures"], m.lines["failures"], _join(path, "failures"))
                 if "failures" in m else None)
-    template = LocMap()
-    template.line, template.lines = m.line, {}
-    if "template" in m:
-        t = r.mapping(m["template"], m.lines["template"], "fleet.template")
-        if t is not None:
-            r.unknown_keys(t, "fleet.template", _DEFAULTS_KEYS)
-            template = only(t, _DEFAULTS_KEYS)
+    template = r.section(m, "template", "fleet.template", _DEFAULTS_KEYS)
     base = _merge(defaults, template)
     base.line = template.line
     variants = _variants(r, m["landscapes"], m.lines["landscapes"]) \
