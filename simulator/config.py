@@ -211,7 +211,7 @@ class Detection:
     divergence_growth_steps: int = 10
     divergence_growth_factor: float = 2.0
     stall_window: int = 20
-    stall_min_improvement: float = 1e-7
+    stall_min_improvement: float = 1e-4
     converged_gradient_norm: float = 1e-3
     oscillation_flip_steps: int = 10
     oscillation_min_improvement: float = 1e-2

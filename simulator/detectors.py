@@ -1,8 +1,9 @@
 """Pure, vectorized detectors: arrays in, boolean arrays out. No clock, no state of their own.
 
-The engine keeps the small per-run memory the detectors need (a ring buffer of recent losses,
-counters of consecutive steps, moving averages, countdowns) and calls these functions on the
-rows it stepped. docs/detection.md gives each detector's formula, defaults and trade-offs; the
+The engine keeps the small per-run memory the detectors need (a ring buffer of running sums
+of the loss, its changes, the updates' first-order effect and the gradient norm; counters of
+consecutive steps; moving averages; countdowns) and calls these functions on the rows it
+stepped. docs/detection.md gives each detector's formula, defaults and trade-offs; the
 defaults live in ``config.Detection``.
 """
 
@@ -12,17 +13,17 @@ import numpy as np
 from numpy.typing import NDArray
 
 Floats = NDArray[np.float64]
-Ints = NDArray[np.int64]
+Counts = NDArray[np.int32]  # streaks and countdowns
 Bools = NDArray[np.bool_]
 
 
-def rising_streak(prev_loss: Floats, loss: Floats, streak: Ints) -> Ints:
+def rising_streak(prev_loss: Floats, loss: Floats, streak: Counts) -> Counts:
     """Consecutive steps on which the loss rose: ``streak + 1`` where it rose, else 0."""
-    result: Ints = (streak + 1) * (loss > prev_loss)
+    result: Counts = (streak + 1) * (loss > prev_loss)
     return result
 
 
-def streak_base(streak: Ints, loss: Floats, base: Floats) -> Floats:
+def streak_base(streak: Counts, loss: Floats, base: Floats) -> Floats:
     """The loss just before the current rising streak began (the loss itself when not rising)."""
     result: Floats = np.where(streak > 0, base, loss)
     return result
@@ -49,15 +50,15 @@ def log_loss(loss: Floats) -> Floats:
     return result
 
 
-def count_while(condition: Bools, streak: Ints) -> Ints:
+def count_while(condition: Bools, streak: Counts) -> Counts:
     """Consecutive steps on which ``condition`` held: ``streak + 1`` where it holds, else 0."""
-    result: Ints = (streak + 1) * condition
+    result: Counts = (streak + 1) * condition
     return result
 
 
-def diverging(finite: Bools, loss: Floats, param_absmax: Floats, streak: Ints, base: Floats,
-              loss_limit: Floats, param_limit: Floats, growth_limit: Ints,
-              growth_factor: Floats, rate_streak: Ints, level: Floats, peak: Floats,
+def diverging(finite: Bools, loss: Floats, param_absmax: Floats, streak: Counts, base: Floats,
+              loss_limit: Floats, param_limit: Floats, growth_limit: Counts,
+              growth_factor: Floats, rate_streak: Counts, level: Floats, peak: Floats,
               log_factor: Floats) -> Bools:
     """Divergence: a step gave a non-finite value, the loss or a parameter passed its limit, the
     loss rose on ``growth_limit`` consecutive steps and grew ``growth_factor``-fold over them (a
@@ -67,8 +68,13 @@ def diverging(finite: Bools, loss: Floats, param_absmax: Floats, streak: Ints, b
     streak (``peak``): sustained exponential growth that noise cannot fake and an oscillation
     with a decaying envelope never reaches."""
     result: Bools = ~finite | (loss > loss_limit) | (param_absmax > param_limit)
-    result |= (streak >= growth_limit) & (loss >= growth_factor * base)
-    result |= (rate_streak >= growth_limit) & (level - peak > log_factor)
+    # The growth tests only where a streak is long enough (rarely any row: skip the rest).
+    rising = streak >= growth_limit
+    if rising.any():
+        result |= rising & (loss >= growth_factor * base)
+    growing = rate_streak >= growth_limit
+    if growing.any():
+        result |= growing & (level - peak > log_factor)
     return result
 
 
@@ -78,31 +84,61 @@ def converged(grad_norm: Floats, tolerance: Floats) -> Bools:
     return result
 
 
-def flat(older_sum: Floats, recent_sum: Floats, abs_steps_sum: Floats, min_improvement: Floats,
-         noise_coef: Floats) -> Bools:
-    """The loss is flat over the window: the sums of two adjacent blocks of h losses differ by
-    less than ``min_improvement`` (relative) plus ``noise_coef`` times ``abs_steps_sum``, the
-    smaller of the two blocks' sums of absolute step-to-step changes.
+def flat(change: Floats, relative: Floats, noise: Floats) -> Bools:
+    """The loss is flat over the window: ``change``, the sum of the losses over the older of
+    two adjacent blocks of h steps minus that over the recent one, shows a fall of no more
+    than ``relative + noise`` and a rise of no more than ``noise``.
 
-    For i.i.d. noise of standard deviation sigma, E|J_k - J_(k-1)| = 2 sigma / sqrt(pi), so that
-    sum estimates sigma without being fooled by a trend (a trend of slope s adds only h |s|),
-    and the block difference has standard deviation sigma sqrt(2 h);
-    ``noise_coef = z sqrt(pi / (2 h))`` makes the tolerance z standard deviations. The smaller
-    of the two sums, because a single jump of the loss by D (the first steps of a blow-up)
-    moves the block difference by about D but adds D to its block's sum, and with
-    ``noise_coef`` > 1 one block's sum alone would call the jump "flat" (the detection corpus,
-    benchmarks/detection_corpus.py, caught this: every lr spike on Rosenbrock stalled before it
-    diverged). Either way: a rising loss is a different trouble, so the test is on the
-    absolute difference.
+    ``relative`` is the smallest improvement that counts (``min_improvement`` times the older
+    block's sum). ``noise`` is the loss noise the window cannot resolve, ``noise_coef`` times
+    the smaller of the two blocks' sums of |J_k - J_(k-1)|. For i.i.d. noise of standard
+    deviation sigma, E|J_k - J_(k-1)| = 2 sigma / sqrt(pi), so that sum estimates sigma without
+    being fooled by a trend (a trend of slope s adds only h |s|), and the block difference has
+    standard deviation sigma sqrt(2 h); ``noise_coef = z sqrt(pi / (2 h))`` makes the
+    allowance z standard deviations. The smaller of the two sums, because a single jump of
+    the loss by D (the first steps of a blow-up) moves the block difference by about D but adds
+    D to its block's sum, and with ``noise_coef`` > 1 one block's sum alone would call the
+    jump "flat" (the detection corpus, benchmarks/detection_corpus.py, caught this: every lr
+    spike on Rosenbrock stalled before it diverged). A rise beyond the noise is a different
+    trouble (a drift, a blow-up, a swing of a ringing run), not a plateau.
     """
-    result: Bools = (np.abs(older_sum - recent_sum)
-                     <= min_improvement * np.abs(older_sum) + noise_coef * abs_steps_sum)
+    result: Bools = (change <= relative + noise) & (change >= -noise)
     return result
 
 
-def stalled(is_flat: Bools, have_window: Bools | bool, is_converged: Bools) -> Bools:
-    """Stall: over a full window the loss is flat (see ``flat``) and the run has not converged."""
-    result: Bools = have_window & is_flat & ~is_converged
+def moving(effect: Floats, relative: Floats) -> Bools:
+    """The updates still move the loss: ``effect``, h times the sum of |g . dw| over the recent
+    block of h steps (the loss change each update accounts for to first order, with the
+    gradient it stepped on), exceeds ``relative`` (see ``flat``). The stall condition is: a
+    full window, ``flat``, not ``moving``, not ``converging`` and not converged.
+
+    h times, because a trend of s per step moves the two block sums h^2 s apart: the effect is
+    on the scale of the block difference. No noise term: the gradient does not carry the loss
+    noise, so a noisy run improving more slowly than its loss can show still moves. The
+    absolute value, because a momentum update points uphill on part of its swing and a signed
+    sum would cross zero there. A noisy run jittering at its noise floor moves (its minibatch
+    updates are not small); a frozen run, or one on a plateau where the gradient vanishes,
+    does not.
+    """
+    result: Bools = effect > relative
+    return result
+
+
+def converging(older_grad: Floats, recent_grad: Floats, effect: Floats,
+               min_improvement: Floats) -> Bools:
+    """The run closes in on an optimum: it moves at all (``effect`` > 0) and its gradient norm
+    fell over the window, the recent block's sum below the older one's by more than
+    ``min_improvement`` of it.
+
+    It tells a run converging onto an optimum whose loss is above zero from one stuck on a
+    plateau. Near such an optimum the loss barely changes relative to itself (J = b + e with
+    the excess e << b), so it reads flat and the updates' effect small, while the gradient,
+    which measures e and not J, keeps shrinking geometrically. On a plateau the gradient
+    stays small, or grows as the run creeps off it. A frozen run is not converging, however
+    its observed gradient jitters. No noise term: a run whose updates are noisy enough to
+    blur this test moves (see ``moving``).
+    """
+    result: Bools = (recent_grad < (1.0 - min_improvement) * older_grad) & (effect > 0)
     return result
 
 
@@ -112,20 +148,19 @@ def update_cosine(dot_with_previous_update: Floats, norm_product: Floats) -> Flo
     return result
 
 
-def oscillating(flip_streak: Ints, older_sum: Floats, recent_sum: Floats,
-                have_window: Bools | bool, flip_steps: Ints, min_improvement: Floats,
-                is_converged: Bools) -> Bools:
-    """Oscillation: the smoothed cosine between successive updates stayed below its threshold
-    on the last ``flip_steps`` steps (``flip_streak``) while the loss improved less than
-    ``min_improvement`` (relative) between the two blocks of the stall window."""
-    improving = older_sum - recent_sum >= min_improvement * np.abs(older_sum)
-    result: Bools = have_window & (flip_streak >= flip_steps) & ~improving & ~is_converged
+def improving(change: Floats, scale: Floats, min_improvement: Floats) -> Bools:
+    """The loss improved by at least ``min_improvement`` times ``scale`` (the older block's
+    |sum|) between the two blocks of the stall window (``change``, see ``flat``). The
+    oscillation condition is: a full window, a flip streak (``count_while`` of the smoothed
+    cosine, ``update_cosine``, at or below its threshold) of at least ``flip_steps``, not
+    improving, and not converged."""
+    result: Bools = change >= min_improvement * scale
     return result
 
 
-def hold(condition: Bools, countdown: Ints, clear_steps: Ints) -> Ints:
+def hold(condition: Bools, countdown: Counts, clear_steps: Counts) -> Counts:
     """Hysteresis: the countdown is reset to ``clear_steps`` while the condition holds and
     drops by one on each step it does not; the alert is active while it is positive, so it
     clears only after the condition has been false on ``clear_steps`` consecutive steps."""
-    result: Ints = np.maximum(countdown - 1, clear_steps * condition)
+    result: Counts = np.maximum(countdown - 1, clear_steps * condition)
     return result

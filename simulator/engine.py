@@ -12,7 +12,7 @@ block of rows, so a tick in which every run steps works on slices, not index arr
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +26,9 @@ from simulator.landscapes import Landscape, QuadraticLandscape
 
 Floats = NDArray[np.float64]
 Ints = NDArray[np.int64]
+# Streaks and hysteresis countdowns: int32 (config caps them at 10^6), half the memory
+# traffic of int64 in the per-step detector arithmetic.
+Counts = detectors.Counts
 Bools = NDArray[np.bool_]
 U64 = NDArray[np.uint64]
 Index = slice | NDArray[np.intp]
@@ -42,6 +45,12 @@ _TIME_EPS = 1e-9
 _STREAM_GRADIENT_NOISE = 1  # the noise_burst fault
 _STREAM_CONFIG_GRADIENT_NOISE = 2  # gradient_noise
 _STREAM_LOSS_NOISE = 3  # loss_noise
+# The series summed over the stall window (docs/detection.md#stall): the loss, |its change|,
+# |g . dw| (the loss change an update accounts for to first order) and the gradient norm.
+_SUMS = (_SUM_LOSS, _SUM_DLOSS, _SUM_EFFECT, _SUM_GRAD) = range(4)
+_LOSS_SERIES = slice(_SUM_LOSS, _SUM_DLOSS + 1)  # read every step
+_UPDATE_SERIES = slice(_SUM_EFFECT, _SUM_GRAD + 1)  # read when some loss is flat
+_ROUNDING = 64 * np.finfo(np.float64).eps
 
 __all__ = ["ALERTS", "STATES", "Engine", "Events", "Group", "QuadraticLandscape", "Snapshot"]
 
@@ -250,14 +259,14 @@ class Engine:
         self.loop: Bools = col(lambda s: s.loop, np.bool_)
         self.loss_limit: Floats = col(lambda s: s.detect.divergence_loss, np.float64)
         self.param_limit: Floats = col(lambda s: s.detect.divergence_parameter, np.float64)
-        growth = col(lambda s: s.detect.divergence_growth_steps, np.int64)
+        growth = col(lambda s: s.detect.divergence_growth_steps, np.int32)
         # A rising streak can never reach this limit: 0 in the config switches the test off.
-        self.growth_limit: Ints = np.where(growth > 0, growth, np.iinfo(np.int64).max)
+        self.growth_limit: Counts = np.where(growth > 0, growth, np.iinfo(np.int32).max)
         self.growth_factor: Floats = col(lambda s: s.detect.divergence_growth_factor, np.float64)
         self.window: Ints = col(lambda s: s.detect.stall_window, np.int64)
         self.min_improvement: Floats = col(lambda s: s.detect.stall_min_improvement, np.float64)
         self.tolerance: Floats = col(lambda s: s.detect.converged_gradient_norm, np.float64)
-        self.flip_steps: Ints = col(lambda s: s.detect.oscillation_flip_steps, np.int64)
+        self.flip_steps: Counts = col(lambda s: s.detect.oscillation_flip_steps, np.int32)
         self.osc_improvement: Floats = col(lambda s: s.detect.oscillation_min_improvement,
                                            np.float64)
         rate = col(lambda s: s.detect.divergence_growth_rate, np.float64)
@@ -273,7 +282,7 @@ class Engine:
         self.noise_coef: Floats = (col(lambda s: s.detect.stall_noise_z, np.float64)
                                    * np.sqrt(np.pi / (2.0 * self.half)))
         self.flip_cosine: Floats = -col(lambda s: s.detect.oscillation_flip_cosine, np.float64)
-        self.clear_steps: Ints = col(lambda s: s.detect.clear_steps, np.int64)
+        self.clear_steps: Counts = col(lambda s: s.detect.clear_steps, np.int32)
         self.keys = np.array([rng.run_key(s.seed, s.name) for s in ss], dtype=np.uint64)
 
         self.groups: list[Group] = []
@@ -299,25 +308,24 @@ class Engine:
         self.lr: Floats = np.zeros(n, np.float64)
         self.update_norm: Floats = np.zeros(n, np.float64)
         self.drift: Floats = np.zeros(n, np.float64)  # how far each optimum has moved
-        self.streak: Ints = np.zeros(n, np.int64)
+        self.streak: Counts = np.zeros(n, np.int32)
         self.streak_base: Floats = np.zeros(n, np.float64)
-        self.flip_streak: Ints = np.zeros(n, np.int64)
+        self.flip_streak: Counts = np.zeros(n, np.int32)
         self.level: Floats = np.zeros(n, np.float64)  # EMA of log J
         self.peak: Floats = np.zeros(n, np.float64)  # its highest value outside growth streaks
-        self.rate_streak: Ints = np.zeros(n, np.int64)
+        self.rate_streak: Counts = np.zeros(n, np.int32)
         self.cosine: Floats = np.zeros(n, np.float64)  # EMA of the successive-update cosine
-        self.csum: Floats = np.zeros(n, np.float64)  # sum of losses since step 0
-        self.dsum: Floats = np.zeros(n, np.float64)  # sum of |loss change| since step 0
+        # Running sums since step 0 of the stall window's series (the _SUM_* rows).
+        self.sums: Floats = np.zeros((len(_SUMS), n), np.float64)
         # Hysteresis countdowns: an alert stays active while its countdown is positive.
-        self.stall_hold: Ints = np.zeros(n, np.int64)
-        self.osc_hold: Ints = np.zeros(n, np.int64)
-        self.conv_hold: Ints = np.zeros(n, np.int64)
-        # Ring buffers of csum and dsum over the last window (2h + 1 entries are read).
-        # A power of two, so ring positions are a bitwise AND instead of an integer modulo.
+        self.stall_hold: Counts = np.zeros(n, np.int32)
+        self.osc_hold: Counts = np.zeros(n, np.int32)
+        self.conv_hold: Counts = np.zeros(n, np.int32)
+        # A ring buffer of those sums over the last window (2h + 1 entries are read). Its
+        # width is a power of two, so ring positions are a bitwise AND instead of a modulo.
         self.hist_width = 1 << int(2 * self.half.max()).bit_length() if n else 1
-        # Slot-major (width, n): runs at the same step read one contiguous row.
-        self.hist: Floats = np.zeros((self.hist_width, n), np.float64)
-        self.dhist: Floats = np.zeros((self.hist_width, n), np.float64)
+        # Slot-major (width, series, n): runs at the same step read one contiguous block.
+        self.hist: Floats = np.zeros((self.hist_width, len(_SUMS), n), np.float64)
         self._row_index: Ints = np.arange(n, dtype=np.int64)
         self.diverged: Bools = np.zeros(n, np.bool_)
         self.converged: Bools = np.zeros(n, np.bool_)
@@ -447,10 +455,11 @@ class Engine:
         self.peak[rows] = level0
         self.rate_streak[rows] = 0
         self.cosine[rows] = 0.0
-        self.csum[rows] = loss0
-        self.dsum[rows] = 0.0
-        self.hist[:, rows] = loss0
-        self.dhist[:, rows] = 0.0
+        start = np.zeros((len(_SUMS), len(loss0)), np.float64)
+        start[_SUM_LOSS] = loss0
+        start[_SUM_GRAD] = self.grad_norm[rows]
+        self.sums[:, rows] = start
+        self.hist[:, :, rows] = start
         self.diverged[rows] = False
         self.stalled[rows] = False
         self.oscillating[rows] = False
@@ -569,44 +578,51 @@ class Engine:
                                        self.log_growth_factor[rows]) | held
         peak = np.maximum(peak, level, where=rate_streak == 0, out=peak.copy())
 
-        # Ring buffers of running sums: block sums over the window are differences of two
-        # entries. When the whole group is at one step (the usual case) the entries are rows.
+        # The stall window: the sums over two adjacent blocks of h steps of each series in
+        # _SUMS are differences of running sums kept in a ring buffer. When the whole group is
+        # at one step (the usual case) the entries are contiguous blocks.
         half = self.half[rows]
         wrap = self.hist_width - 1
-        csum = self.csum[rows] + loss
-        dsum = self.dsum[rows] + np.abs(loss - prev_loss)
-        k = int(step[0])
-        if mask is None and g.half is not None and k == step[-1] and (step == k).all():
+        before = self.sums[:, rows]
+        sums = np.empty_like(before)
+        np.add(before[_SUM_LOSS], loss, out=sums[_SUM_LOSS])
+        np.add(before[_SUM_DLOSS], np.abs(loss - prev_loss), out=sums[_SUM_DLOSS])
+        np.add(before[_SUM_EFFECT], np.abs(_row_dot(g.grad, dw)), out=sums[_SUM_EFFECT])
+        np.add(before[_SUM_GRAD], grad_norm, out=sums[_SUM_GRAD])
+        # Held (diverged) rows do not count: their ring entries are never read before a restart
+        # resets them, so the fast path may overwrite them.
+        k = int(step[int(np.argmin(held))])
+        blocks: Callable[[slice], tuple[Floats, Floats]]
+        if mask is None and g.half is not None and bool(((step == k) | held).all()):
             h = g.half
-            c_mid = self.hist[(k - h) & wrap, rows]
-            older = c_mid - self.hist[(k - 2 * h) & wrap, rows]
-            recent = csum - c_mid
-            # The smaller half's |change| sum: a jump must not pass for noise (detectors.flat).
-            d_mid = self.dhist[(k - h) & wrap, rows]
-            noise = np.minimum(dsum - d_mid, d_mid - self.dhist[(k - 2 * h) & wrap, rows])
-            self.hist[k & wrap, rows] = csum
-            self.dhist[k & wrap, rows] = dsum
+            self.hist[k & wrap, :, rows] = sums
             have_window: Bools | bool = k >= 2 * h
+            h_effect: Ints | int = h
+
+            def blocks(series: slice) -> tuple[Floats, Floats]:
+                mid = self.hist[(k - h) & wrap, series, rows]
+                return mid - self.hist[(k - 2 * h) & wrap, series, rows], sums[series] - mid
         else:
             n = len(self.names)
-            index = self._row_index[rows]
-            slot = (step & wrap) * n + index
-            mid = ((step - half) & wrap) * n + index
             flat = self.hist.reshape(-1)
-            dflat = self.dhist.reshape(-1)
-            first = ((step - 2 * half) & wrap) * n + index
-            c_mid = flat.take(mid)
-            older = c_mid - flat.take(first)
-            recent = csum - c_mid
-            d_mid = dflat.take(mid)
-            noise = np.minimum(dsum - d_mid, d_mid - dflat.take(first))
-            if mask is not None:
-                flat.put(slot, np.where(mask, csum, flat.take(slot)))
-                dflat.put(slot, np.where(mask, dsum, dflat.take(slot)))
-            else:
-                flat.put(slot, csum)
-                dflat.put(slot, dsum)
+            index = self._row_index[rows]
+            offsets = (np.arange(len(_SUMS)) * n)[:, None]
+
+            def at(back: Ints | int) -> Ints:
+                """Flat positions of series 0 in the entries ``back`` steps ago."""
+                return ((step - back) & wrap) * (len(_SUMS) * n) + index
+
+            slot = at(0) + offsets
+            flat.put(slot, sums if mask is None else np.where(mask, sums, flat.take(slot)))
             have_window = step >= 2 * half
+            h_effect = half
+            mid_at, first_at = at(half), at(2 * half)
+
+            def blocks(series: slice) -> tuple[Floats, Floats]:
+                mid = flat.take(mid_at + offsets[series])
+                return mid - flat.take(first_at + offsets[series]), sums[series] - mid
+        # Each series' sums over the older and the recent block, read when needed.
+        (older_loss, older_dloss), (recent_loss, recent_dloss) = blocks(_LOSS_SERIES)
         ok = ~diverged
         clear = self.clear_steps[rows]
         conv_hold = detectors.hold(detectors.converged(grad_norm, self.tolerance[rows]),
@@ -619,16 +635,30 @@ class Engine:
                else detectors.update_cosine(dot, step_norm * self.update_norm[rows]))
         cosine, _ = detectors.smoothed_rate(self.cosine[rows], cos, self.beta[rows])
         flips = detectors.count_while(cosine <= self.flip_cosine[rows], self.flip_streak[rows])
-        osc_hold = detectors.hold(
-            detectors.oscillating(flips, older, recent, have_window, self.flip_steps[rows],
-                                  self.osc_improvement[rows], is_converged),
-            self.osc_hold[rows], clear)
+
+        # Stall and oscillation: each condition is a conjunction; its cheap, usually false
+        # parts come first, and the rest is computed only if some row is still in question.
+        change = older_loss - recent_loss
+        scale = np.abs(older_loss)
+        osc = have_window & (flips >= self.flip_steps[rows]) & ~is_converged & ok
+        if osc.any():
+            osc &= ~detectors.improving(change, scale, self.osc_improvement[rows])
+        osc_hold = detectors.hold(osc, self.osc_hold[rows], clear)
         oscillating = (osc_hold > 0) & ~is_converged & ok
-        stall_hold = detectors.hold(
-            detectors.stalled(detectors.flat(older, recent, noise, self.min_improvement[rows],
-                                             self.noise_coef[rows]),
-                              have_window, is_converged),
-            self.stall_hold[rows], clear)
+        min_improvement = self.min_improvement[rows]
+        relative = min_improvement * scale
+        # The loss noise (the smaller block's sum of |changes|: a jump must not pass for noise),
+        # plus the rounding error of the running sums the block sums are differences of (a
+        # frozen loss must read flat, not rising by 1e-12).
+        noise = (self.noise_coef[rows] * np.minimum(older_dloss, recent_dloss)
+                 + _ROUNDING * np.abs(sums[_SUM_LOSS]))
+        stall = have_window & detectors.flat(change, relative, noise) & ~is_converged & ok
+        if stall.any():
+            (_, older_grad), (recent_effect, recent_grad) = blocks(_UPDATE_SERIES)
+            effect = recent_effect * h_effect
+            stall &= ~detectors.moving(effect, relative)
+            stall &= ~detectors.converging(older_grad, recent_grad, effect, min_improvement)
+        stall_hold = detectors.hold(stall, self.stall_hold[rows], clear)
         stalled = (stall_hold > 0) & ~is_converged & ~oscillating & ok
         update_norm = np.where(held, self.update_norm[rows], step_norm)
 
@@ -649,14 +679,19 @@ class Engine:
                  ("step", step), ("update_norm", update_norm), ("streak", streak),
                  ("streak_base", base), ("flip_streak", flips), ("level", level),
                  ("peak", peak), ("rate_streak", rate_streak), ("cosine", cosine),
-                 ("csum", csum), ("dsum", dsum), ("conv_hold", conv_hold),
+                 ("conv_hold", conv_hold),
                  ("osc_hold", osc_hold), ("stall_hold", stall_hold), ("diverged", diverged),
                  ("converged", is_converged), ("stalled", stalled),
                  ("oscillating", oscillating), ("last_step_time", stepped_at))
         if mask is None and g.start == 0 and g.stop == len(self.names):
             for name, src in fresh:
                 setattr(self, name, src)
+            self.sums = sums
         else:
+            if mask is None:
+                self.sums[:, rows] = sums
+            else:
+                np.copyto(self.sums[:, rows], sums, where=mask)
             for name, src in fresh:
                 if mask is None:
                     getattr(self, name)[rows] = src
@@ -821,17 +856,18 @@ class Engine:
         dst = np.array([k[1] for k in kept])
         for name in ("born", "paused", "step", "progress", "restarts", "loss", "grad_norm",
                      "param_absmax", "lr", "update_norm", "drift", "streak", "streak_base",
-                     "flip_streak", "level", "peak", "rate_streak", "cosine", "csum", "dsum",
+                     "flip_streak", "level", "peak", "rate_streak", "cosine",
                      "conv_hold", "osc_hold", "stall_hold",
                      "diverged", "converged", "stalled", "oscillating", "state",
                      "last_step_time"):
             getattr(new, name)[dst] = getattr(self, name)[src]
         # Re-index the ring buffers: column (step - j) keeps its meaning for recent j.
         step = self.step[src]
+        new.sums[:, dst] = self.sums[:, src]
         for j in range(min(self.hist_width, new.hist_width)):
-            for ring in ("hist", "dhist"):
-                col = getattr(self, ring)[(step - j) % self.hist_width, src]
-                getattr(new, ring)[(step - j) % new.hist_width, dst] = col
+            # Both indices are arrays around a slice: the result is (runs, series) on each side.
+            new.hist[(step - j) % new.hist_width, :, dst] = \
+                self.hist[(step - j) % self.hist_width, :, src]
         for s_row, d_row in kept:
             sg = self._group_of(s_row)
             dg = new._group_of(d_row)

@@ -6,7 +6,7 @@ import numpy as np
 
 from simulator import detectors
 from simulator.config import load_config
-from simulator.engine import ALERTS, Engine
+from simulator.engine import ALERTS, STATES, Engine, Snapshot
 
 
 def alerts_over(yaml: str, steps: int) -> dict[str, set[str]]:
@@ -68,9 +68,137 @@ runs:
     assert "stall" not in seen["descending"]
 
 
+def trace(yaml: str, steps: int) -> list[Snapshot]:
+    """The snapshot after each of ``steps`` one-second steps (step_interval 1 s)."""
+    engine = Engine(load_config(yaml, "t.yaml").runs)
+    snaps = []
+    for t in range(1, steps + 1):
+        engine.advance(float(t))
+        snaps.append(engine.snapshot(t))
+    return snaps
+
+
+def column(snaps: list[Snapshot], run: int, alert: str) -> list[bool]:
+    return [bool(s.alerts[run, ALERTS.index(alert)]) for s in snaps]
+
+
+HEALTHY_NOISY = """
+defaults: {steps: 600}
+runs:
+  - name: bowl-slow-loss-noise     # still descending at the end, slower than its loss noise
+    init: 6
+    optimizer: {learning_rate: 0.003}
+    loss_noise: 0.01
+  - name: bowl-momentum-noise      # gradient and loss noise, settles at a noise floor
+    init: 6
+    optimizer: {kind: momentum, learning_rate: 0.02}
+    gradient_noise: 0.3
+    loss_noise: 0.1
+  - name: nqm-sgd                  # minibatch noise, at its floor within ~50 steps
+    landscape: {kind: noisy_quadratic, dims: 100, batch_size: 4}
+    init: 1
+    optimizer: {learning_rate: 0.5}
+  - name: nqm-adam
+    landscape: {kind: noisy_quadratic, dims: 100, batch_size: 16}
+    init: 1
+    optimizer: {kind: adam, learning_rate: 0.003}
+  - name: logreg-sgd               # minibatch SGD on a real model
+    landscape: {kind: logistic_regression}
+    optimizer: {learning_rate: 0.1}
+"""
+
+
+def test_stall_stays_silent_on_healthy_noisy_runs_improving_slowly_or_at_their_floor() -> None:
+    snaps = trace(HEALTHY_NOISY, 600)
+    names = snaps[0].names
+    for i, name in enumerate(names):
+        assert not any(column(snaps, i, "stall")), name
+        assert {STATES[s.state[i]] for s in snaps[:-1]} <= {"running", "converged"}, name
+    # The slow run is a real test of the stall: it still improves at the end (the mean loss
+    # of its last 50 steps is below that of the 50 before), but too slowly for its loss to
+    # show it over a window: by the loss test alone (detectors.flat) its last window is flat.
+    slow = names.index("bowl-slow-loss-noise")
+    loss = np.array([s.loss[slow] for s in snaps])
+    assert loss[-50:].mean() < loss[-100:-50].mean()
+    older, recent = loss[-20:-10].sum(), loss[-10:].sum()
+    noise_coef = 3.0 * np.sqrt(np.pi / 20)  # stall_noise_z sqrt(pi / (2 h)), h = 10
+    noise = noise_coef * min(np.abs(np.diff(loss[-21:-10])).sum(),
+                             np.abs(np.diff(loss[-11:])).sum())
+    relative = 1e-4 * 0.5 * older  # stall_min_improvement h / K
+    assert detectors.flat(np.array([older - recent]), np.array([relative]), np.array([noise]))
+
+
+def test_stall_fires_on_the_plateau_landscape_with_and_without_loss_noise() -> None:
+    # Started on the flat region (radius 2.4, gradient 2 r exp(-r^2) = 0.015), SGD creeps:
+    # the loss falls by about 1e-6 of itself per window.
+    snaps = trace("""
+defaults:
+  steps: 300
+  landscape: {kind: plateau, dims: 2, b: 1}
+  init: [1.697, 1.697]
+  optimizer: {learning_rate: 0.005}
+runs:
+  - {name: clean}
+  - {name: noisy, loss_noise: 0.01}
+""", 300)
+    for i in range(2):
+        stall = column(snaps, i, "stall")
+        # The window is full after 2 h = 20 steps; from then on the alert never clears.
+        assert stall.index(True) == 19 and all(stall[19:]), snaps[0].names[i]
+
+
+def test_a_frozen_noisy_run_stays_stalled_for_the_whole_plateau_fault() -> None:
+    # Frozen updates; the observed minibatch gradient (scaled by 0.01) still jitters, so the
+    # gradient-falling test ("converging") must not read that as closing in on an optimum.
+    snaps = trace("""
+runs:
+  - name: nqm
+    steps: 400
+    landscape: {kind: noisy_quadratic, dims: 100, batch_size: 16}
+    init: 1
+    optimizer: {learning_rate: 0.1}
+    faults: [{kind: plateau, at_step: 100, steps: 200}]
+""", 400)
+    stall = column(snaps, 0, "stall")
+    assert not any(stall[:100])
+    onset = stall.index(True)
+    assert onset <= 100 + 20
+    assert all(stall[onset:300])
+
+
+def test_converging_onto_an_optimum_above_zero_loss_is_not_a_stall() -> None:
+    # J = (w - 2)^2 + 1: near w = 2 the loss changes by far less than 1e-4 of itself per
+    # window long before the gradient reaches 1e-3, but the gradient keeps shrinking.
+    snaps = trace("""
+defaults: {steps: 2000, landscape: {kind: quadratic, a: 1, c: 2, b: 1}}
+runs:
+  - {name: seed-slow, init: 5.5, optimizer: {learning_rate: 0.01}}
+  - {name: fine-tune, init: 2.05, optimizer: {learning_rate: 0.002}}
+""", 2000)
+    for i in range(2):
+        assert not any(column(snaps, i, "stall")), snaps[0].names[i]
+        assert STATES[snaps[-2].state[i]] == "converged"  # the last step is "finished"
+
+
+def test_flat_is_asymmetric_moving_and_converging_read_the_updates() -> None:
+    relative, noise = np.array([1.0]), np.array([0.5])
+    # A fall up to relative + noise is flat; a rise only up to the noise.
+    assert detectors.flat(np.array([1.5]), relative, noise)[0]
+    assert not detectors.flat(np.array([1.6]), relative, noise)[0]
+    assert detectors.flat(np.array([-0.5]), relative, noise)[0]
+    assert not detectors.flat(np.array([-0.6]), relative, noise)[0]
+    assert detectors.moving(np.array([1.01]), relative)[0]
+    assert not detectors.moving(np.array([1.0]), relative)[0]
+    m = np.array([1e-4])
+    assert detectors.converging(np.array([1.0]), np.array([0.99]), np.array([1e-9]), m)[0]
+    # A gradient that fell but with no update at all (frozen) is not converging.
+    assert not detectors.converging(np.array([1.0]), np.array([0.5]), np.array([0.0]), m)[0]
+    assert not detectors.converging(np.array([1.0]), np.array([0.99995]), np.array([1.0]), m)[0]
+
+
 def test_hold_clears_only_after_the_condition_was_false_for_clear_steps() -> None:
-    countdown = np.zeros(1, np.int64)
-    clear = np.array([3])
+    countdown = np.zeros(1, np.int32)
+    clear = np.array([3], np.int32)
     active = []
     for cond in [True, False, True, False, False, False, False]:
         countdown = detectors.hold(np.array([cond]), countdown, clear)

@@ -8,14 +8,13 @@ costs more than about 5 % of a class fails it. Measured on 20 seeds when written
 50 seeds, the same to within 0.01):
 
     divergence  precision 1.000  recall 1.000
-    stall       precision 0.356  recall 0.833
+    stall       precision 0.976  recall 1.000   (50 seeds: 0.968 / 0.993)
     oscillation precision 0.870  recall 0.500
 
-The low figures are real weaknesses, recorded in docs/detection.md, not tuned away: the stall
-detector fires on noisy healthy runs at their noise floor and on ringing (momentum, Adam on
-Rosenbrock) loss curves, misses a noise-free geometric plateau whose gradient is above the
-convergence tolerance, and the oscillation detector sees only step-to-step flips, not the
-slow ringing of heavy momentum.
+The weaknesses left are recorded in docs/detection.md, not tuned away: the stall fires for a
+few steps on some Nesterov runs ringing in their last approach to an optimum above zero loss,
+and the oscillation detector sees only step-to-step flips, not the slow ringing of heavy
+momentum.
 """
 
 from __future__ import annotations
@@ -29,7 +28,7 @@ SEEDS = range(20)
 # Floors: the measured value minus a margin of about 0.05 (see the module docstring).
 FLOORS = {
     "divergence": (0.99, 0.97),  # (precision, recall)
-    "stall": (0.30, 0.78),
+    "stall": (0.92, 0.95),
     "oscillation": (0.80, 0.45),
 }
 
@@ -48,6 +47,18 @@ def test_the_corpus_covers_every_kind_across_seeds(outcomes: list[Outcome]) -> N
     kinds = {o.case.kind for o in outcomes}
     assert kinds == {"healthy", "plateau", "divergence", "oscillation"}
     assert {o.case.run["seed"] for o in outcomes} == set(SEEDS)
+
+
+# Healthy runs with gradient or loss noise: at their noise floor, or improving more slowly than
+# their loss noise shows. The issue's requirement: no stall on any of them.
+NOISY_HEALTHY = {"logistic-sgd", "logistic-adamw", "noisy-quadratic-sgd", "noisy-quadratic-adam",
+                 "bowl-momentum-noisy", "bowl-sgd-slow-improving"}
+
+
+def test_no_healthy_noisy_run_raises_a_stall(outcomes: list[Outcome]) -> None:
+    runs = [o for o in outcomes if o.case.family in NOISY_HEALTHY]
+    assert {o.case.family for o in runs} == NOISY_HEALTHY
+    assert [o.case.name for o in runs if o.first["stall"] is not None] == []
 
 
 def test_no_healthy_run_raises_a_divergence(outcomes: list[Outcome]) -> None:

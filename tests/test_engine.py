@@ -64,6 +64,37 @@ def test_same_config_gives_bit_identical_series() -> None:
     assert s1.parameters[0][1].tobytes() == s2.parameters[0][1].tobytes()
 
 
+def test_a_runs_series_and_verdicts_do_not_depend_on_its_fleet_companions() -> None:
+    # The detectors' ring buffer is read on a fast path when a whole group is at one step
+    # (diverged, held rows included) and gathered row by row otherwise; companions that
+    # diverge, or step at another interval, must not change a bit of the other runs.
+    subjects = """
+  - {name: stall, init: 5.5, optimizer: {learning_rate: 0.01}, loss_noise: 0.05,
+     faults: [{kind: plateau, at: 40s, duration: 60s}]}
+  - {name: edge, init: 5.5, optimizer: {learning_rate: 1.01},
+     detect: {divergence_growth_steps: 0}}
+  - {name: slow, init: 5.5, optimizer: {learning_rate: 0.002}}
+"""
+    companions = """
+  - {name: blow-up, init: 5.5, optimizer: {learning_rate: 1.1}}
+  - {name: other-pace, init: 5.5, optimizer: {learning_rate: 0.01}, step_interval: 0.7s}
+"""
+    alone = Engine(load_config("defaults: {steps: 300}\nruns:" + subjects, "a.yaml").runs)
+    fleet = Engine(load_config("defaults: {steps: 300}\nruns:" + subjects + companions,
+                               "b.yaml").runs)
+    seen = set()
+    for t in range(1, 200):
+        alone.advance(float(t))
+        fleet.advance(float(t))
+        a, b = alone.snapshot(t), fleet.snapshot(t)
+        rows = [b.names.index(n) for n in a.names]
+        for field in ("loss", "gradient_norm", "update_norm", "state", "alerts"):
+            assert getattr(a, field).tobytes() == getattr(b, field)[rows].tobytes(), (t, field)
+        seen |= {ALERTS[j] for j in np.flatnonzero(a.alerts.any(axis=0))}
+        seen |= {STATES[x] for x in b.state}
+    assert {"stall", "oscillation", "diverged"} <= seen  # every path was exercised
+
+
 def test_step_index_depends_on_elapsed_time_not_on_how_often_advance_is_called() -> None:
     runs = seed_runs()
     smooth, jumpy = Engine(runs), Engine(runs)

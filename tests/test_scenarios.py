@@ -90,10 +90,14 @@ def test_data_drift_makes_the_victims_loss_climb_without_a_divergence() -> None:
     engine = Engine(load_file(SCENARIOS / "data-drift.yaml").runs)
     row = engine.row_of["victim"]
     ln = []
-    for t in range(0, 1500, 60):
+    for t in range(0, 1500):
         engine.advance(float(t))
-        ln.append(math.log(float(engine.loss[row])))
-        assert not engine.diverged[row]
+        if t % 60 == 0:
+            ln.append(math.log(float(engine.loss[row])))
+        # The fine-tuning run sits close to an optimum whose loss is 1, at lr 0.002: its loss
+        # hardly changes relative to itself, but it converges (its gradient shrinks) and then
+        # lags behind the drift; with the default detector settings it never reads stalled.
+        assert not engine.diverged[row] and not engine.stalled.any(), t
     assert ln[15] - ln[5] > 0.25  # from the drift's start at 5m to 15m
     assert all(b >= a for a, b in itertools.pairwise(ln[5:16]))
 
