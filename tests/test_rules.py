@@ -462,14 +462,15 @@ def _route(amtool: str, labels: dict[str, str]) -> str:
     [
         ({"alertname": "TrainsimRunDiverging", "severity": "critical"}, "trainsim-critical"),
         ({"alertname": "TrainsimRunStalled", "severity": "warning"}, "trainsim-warning"),
-        ({"alertname": "TrainsimRunOscillating", "severity": "info"}, "trainsim-info"),
+        ({"alertname": "TrainsimRunOscillating", "severity": "warning"}, "trainsim-warning"),
+        ({"alertname": "AnInfoAlert", "severity": "info"}, "trainsim-info"),
         ({"alertname": "SomethingWithoutSeverity"}, "trainsim-default"),
         (
             {"alertname": "TrainsimRunDiverging", "severity": "critical", "drill": "true"},
             "trainsim-drill",
         ),
         (
-            {"alertname": "TrainsimRunOscillating", "severity": "info", "drill": "true"},
+            {"alertname": "TrainsimRunOscillating", "severity": "warning", "drill": "true"},
             "trainsim-drill",
         ),
         (
@@ -480,10 +481,11 @@ def _route(amtool: str, labels: dict[str, str]) -> str:
     ids=[
         "critical",
         "warning",
+        "warning-oscillating",
         "info",
         "no-severity",
         "drill-critical",
-        "drill-info",
+        "drill-warning",
         "drill-false",
     ],
 )
