@@ -90,19 +90,21 @@ class _Match:
     fault_id: str | None = None
 
 
-def routes(controller: Controller, settings: ControlSettings) -> list[tuple[str, Route]]:
-    """The API's routes for ``simulator.server.start_server``."""
-    api = ControlApi(controller, settings)
-    # Everything under /api answers in JSON, including paths that match no endpoint.
-    return [("/api", api.handle), ("/api/", api.handle)]
-
-
 class ControlApi:
-    """Turns HTTP requests into calls on a ``Controller``; see the module docstring."""
+    """Turns HTTP requests into calls on a ``Controller``; see the module docstring.
+
+    ``settings`` may be replaced while requests are served (a new token on SIGHUP): each
+    request reads it once.
+    """
 
     def __init__(self, controller: Controller, settings: ControlSettings) -> None:
         self.controller = controller
         self.settings = settings
+
+    def routes(self) -> list[tuple[str, Route]]:
+        """The API's routes for ``simulator.server.start_server``."""
+        # Everything under /api answers in JSON, including paths that match no endpoint.
+        return [("/api", self.handle), ("/api/", self.handle)]
 
     def handle(self, h: Handler, method: str) -> Response:
         """Answer one request; never raises."""

@@ -8,6 +8,7 @@ never a traceback. A client command the daemon refuses exits 1 with the daemon's
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import signal
@@ -220,7 +221,8 @@ def _run(args: argparse.Namespace) -> int:
 
     daemon = Daemon(config, speed=args.speed, log=log)
     try:
-        server = start_server(args.listen_address, daemon, api.routes(daemon, settings))
+        control = api.ControlApi(daemon, settings)
+        server = start_server(args.listen_address, daemon, control.routes())
     except OSError as exc:
         print(f"trainsim: cannot listen on {args.listen_address}: {exc.strerror}",
               file=sys.stderr)
@@ -255,6 +257,7 @@ def _run(args: argparse.Namespace) -> int:
                 except ConfigError as exc:
                     daemon.reject(args.config_file or "<embedded>",
                                   [str(i) for i in exc.issues])
+                _reload_token(args, control, log)
             daemon.tick()
             wake.wait(daemon.seconds_until_next_step())
             wake.clear()
@@ -278,6 +281,20 @@ def _control_settings(args: argparse.Namespace) -> api.ControlSettings:
             "token: pass --web.control-token-file FILE, --no-web.enable-control-api, or a "
             "loopback address")
     return api.ControlSettings(enabled=args.control_api, token=token)
+
+
+def _reload_token(args: argparse.Namespace, control: api.ControlApi, log: Any) -> None:
+    """Re-read --web.control-token-file (on SIGHUP); an unusable file keeps the old token."""
+    if args.control_token_file is None:
+        return
+    try:
+        token = _read_token(args.control_token_file, "--web.control-token-file").encode()
+    except UsageError as exc:
+        log.error("control_token_rejected", error=str(exc))
+        return
+    if token != control.settings.token:
+        control.settings = dataclasses.replace(control.settings, token=token)
+        log.info("control_token_reloaded", file=args.control_token_file)
 
 
 def _read_token(path: str, flag: str) -> str:

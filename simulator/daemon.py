@@ -242,9 +242,14 @@ class Daemon:
         params = body.get("params", {})
         if not isinstance(params, dict):
             raise ControlError(422, "must be an object", "params")
+        kind = body.get("kind")
         flat = LocMap({k: v for k, v in body.items() if k != "params"})
         for key, value in params.items():
-            if key in flat or key in ("at", "at_step"):
+            if kind in FAULT_PARAMS and key not in FAULT_PARAMS[kind]:
+                expected = ", ".join(FAULT_PARAMS[kind]) or "none, it takes no parameters"
+                raise ControlError(422, f"not a parameter of fault kind {kind} (expected: "
+                                   f"{expected})", f"params.{key}")
+            if key in flat or key in ("at", "at_step"):  # with an unknown kind
                 raise ControlError(422, "not a parameter of this fault kind", f"params.{key}")
             flat[key] = value
         flat.line, flat.lines = 0, dict.fromkeys(flat, 0)

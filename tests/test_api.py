@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import signal
 import socket
 import subprocess
 import sys
@@ -290,6 +291,21 @@ def test_invalid_fault_body_is_422_with_the_field(daemon: Any, body: Any, field:
     assert state(daemon) == before
 
 
+@pytest.mark.parametrize(("body", "message"), [
+    ({"kind": "lr_spike", "params": {"sigma": 2}},
+     "not a parameter of fault kind lr_spike (expected: factor)"),
+    ({"kind": "noise_burst", "params": {"shift": 1}},
+     "not a parameter of fault kind noise_burst (expected: factor, sigma)"),
+    ({"kind": "nan", "params": {"factor": 2}},
+     "not a parameter of fault kind nan (expected: none, it takes no parameters)"),
+])
+def test_an_unknown_fault_parameter_is_named_with_the_kinds_parameters(
+        daemon: Any, body: Any, message: str) -> None:
+    field = f"params.{next(iter(body['params']))}"
+    error = assert_error(request(daemon, "POST", "/api/v1/runs/alpha/faults", body), 422, field)
+    assert error == message
+
+
 def test_action_with_fields_is_422(daemon: Any) -> None:
     assert_error(request(daemon, "POST", "/api/v1/runs/alpha/pause", {"now": True}), 422, "now")
     assert runs(daemon)["alpha"]["paused"] is False
@@ -423,7 +439,7 @@ class _Broken:
 def test_an_unexpected_exception_is_a_logged_500_with_a_generic_message() -> None:
     broken = _Broken()
     server = start_server("127.0.0.1:0", broken,  # type: ignore[arg-type]
-                          api.routes(broken, api.ControlSettings()))  # type: ignore[arg-type]
+                          api.ControlApi(broken, api.ControlSettings()).routes())  # type: ignore[arg-type]
     try:
         status, body = http_get(f"http://{server.address}/api/v1/runs")
         assert status == 500
@@ -472,6 +488,29 @@ def test_the_right_token_allows_every_mutation(token_daemon: Any) -> None:
 def test_reads_need_no_token(token_daemon: Any) -> None:
     assert request(token_daemon, "GET", "/api/v1/runs")[0] == 200
     assert request(token_daemon, "GET", "/api/v1/runs/alpha/faults")[0] == 200
+
+
+def test_sighup_reloads_the_token_file_and_keeps_the_old_token_if_the_new_file_is_unusable(
+        token_daemon: Any, tmp_path: Path) -> None:
+    def events(name: str) -> list[dict[str, Any]]:
+        return [e for e in token_daemon.events() if e.get("event") == name]
+
+    def pause(token: str) -> int:
+        return int(request(token_daemon, "POST", "/api/v1/runs/alpha/pause",
+                           headers={"Authorization": f"Bearer {token}"})[0])
+
+    token_file = tmp_path / "token"
+    token_file.write_text("")  # empty: rejected, the running token stays
+    token_daemon.proc.send_signal(signal.SIGHUP)
+    rejected = wait_for(lambda: events("control_token_rejected"), what="control_token_rejected")
+    assert rejected[0]["error"] == f"--web.control-token-file: {token_file} is empty"
+    assert pause(TOKEN) == 200
+    token_file.write_text("rotated-token-2\n")
+    token_daemon.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: events("control_token_reloaded"), what="control_token_reloaded")
+    assert pause(TOKEN) == 401
+    assert pause("rotated-token-2") == 200
+    assert "rotated-token-2" not in token_daemon.output()
 
 
 def test_responses_and_logs_never_carry_the_token(token_daemon: Any) -> None:
