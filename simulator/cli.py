@@ -1,5 +1,6 @@
-"""Command line: ``trainsim run`` (the daemon), ``trainsim validate``, and the control API
-client commands ``runs``, ``fault inject|clear`` and ``pause|resume|restart``.
+"""Command line: ``trainsim run`` (the daemon), ``trainsim validate``, the control API
+client commands ``runs``, ``fault inject|clear`` and ``pause|resume|restart``, ``trainsim
+drill`` and ``trainsim webhook`` (an Alertmanager webhook receiver).
 
 A user's mistake (bad config, bad flag) gets one clear line per problem and exit status 2,
 never a traceback. A client command the daemon refuses exits 1 with the daemon's message.
@@ -14,20 +15,22 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import structlog
 
-from simulator import __version__, api, client, logs
+from simulator import __version__, api, client, logs, webhook
 from simulator.config import Config, ConfigError, load_default, load_file
 from simulator.daemon import Daemon
 from simulator.fleet import Shard, parse_shard, shard_config
 from simulator.server import is_loopback, parse_listen_address, start_server
 
 DEFAULT_LISTEN_ADDRESS = "127.0.0.1:9310"
+DEFAULT_WEBHOOK_ADDRESS = "127.0.0.1:9095"
 EXIT_USAGE = 2
 EXIT_FAILED = 1
 
@@ -145,6 +148,18 @@ def build_parser() -> argparse.ArgumentParser:
     drill.add_argument("--output", choices=("table", "json"), default="table")
     drill.add_argument("--junit", metavar="FILE", help="also write a JUnit XML report")
 
+    webhook = sub.add_parser(
+        "webhook", help="receive Alertmanager webhook notifications, log them and list them",
+        description="An Alertmanager webhook receiver: logs one line per notification "
+                    "(notification_received), lists the recent ones as JSON at GET /, and "
+                    "answers GET /healthz. The demo stack runs it as trainsim-webhook.")
+    webhook.add_argument("--web.listen-address", dest="listen_address", metavar="HOST:PORT",
+                         default=DEFAULT_WEBHOOK_ADDRESS,
+                         help=f"address to serve on; port 0 picks a free port "
+                              f"(default {DEFAULT_WEBHOOK_ADDRESS})")
+    webhook.add_argument("--log.format", dest="log_format", choices=("auto", "console", "json"),
+                         default="auto", help="console on a TTY and JSON otherwise by default")
+
     for action, text in (("pause", "stop a run from stepping (its series stay)"),
                          ("resume", "let a paused run step again"),
                          ("restart", "restart a run from step 0")):
@@ -241,30 +256,27 @@ def _run(args: argparse.Namespace) -> int:
         wake.set()
 
     # Handlers first: whoever waits for "listening" may signal right away.
-    previous = {s: signal.signal(s, h) for s, h in
-                ((signal.SIGTERM, on_stop), (signal.SIGINT, on_stop), (signal.SIGHUP, on_hup))}
-    log.info("listening", address=server.address, version=__version__,
-             config=config.source, runs=len(config.runs), speed=args.speed,
-             shard=str(args.shard) if args.shard else None,
-             control_api="enabled" if settings.enabled else "disabled",
-             control_auth="bearer_token" if settings.token is not None else "none")
-    try:
-        while not stop.is_set():
-            if reload_requested.is_set():
-                reload_requested.clear()
-                try:
-                    daemon.apply(_load(args.config_file, args.shard))
-                except ConfigError as exc:
-                    daemon.reject(args.config_file or "<embedded>",
-                                  [str(i) for i in exc.issues])
-                _reload_token(args, control, log)
-            daemon.tick()
-            wake.wait(daemon.seconds_until_next_step())
-            wake.clear()
-    finally:
-        server.close()
-        for s, h in previous.items():
-            signal.signal(s, h)
+    with _signals({signal.SIGTERM: on_stop, signal.SIGINT: on_stop, signal.SIGHUP: on_hup}):
+        log.info("listening", address=server.address, version=__version__,
+                 config=config.source, runs=len(config.runs), speed=args.speed,
+                 shard=str(args.shard) if args.shard else None,
+                 control_api="enabled" if settings.enabled else "disabled",
+                 control_auth="bearer_token" if settings.token is not None else "none")
+        try:
+            while not stop.is_set():
+                if reload_requested.is_set():
+                    reload_requested.clear()
+                    try:
+                        daemon.apply(_load(args.config_file, args.shard))
+                    except ConfigError as exc:
+                        daemon.reject(args.config_file or "<embedded>",
+                                      [str(i) for i in exc.issues])
+                    _reload_token(args, control, log)
+                daemon.tick()
+                wake.wait(daemon.seconds_until_next_step())
+                wake.clear()
+        finally:
+            server.close()
     log.info("stopped")
     return 0
 
@@ -399,6 +411,51 @@ def _drill(args: argparse.Namespace) -> int:
     return 0 if card.passed else EXIT_FAILED
 
 
+def _webhook(args: argparse.Namespace) -> int:
+    logs.configure(args.log_format)
+    log = structlog.get_logger("trainsim")
+    try:
+        host, port = parse_listen_address(args.listen_address)
+    except ValueError as exc:
+        print(f"trainsim: --web.listen-address: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+    def logged(notification: webhook.Notification) -> None:
+        log.info("notification_received", **notification.summary())
+
+    try:
+        receiver = webhook.WebhookReceiver(host, port, on_notification=logged)
+    except OSError as exc:
+        print(f"trainsim: cannot listen on {args.listen_address}: {exc.strerror}",
+              file=sys.stderr)
+        return 1
+    stop = threading.Event()
+
+    def on_stop(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    with _signals({signal.SIGTERM: on_stop, signal.SIGINT: on_stop}):
+        log.info("listening", address=receiver.address, version=__version__)
+        try:
+            stop.wait()
+        finally:
+            receiver.close()
+    log.info("stopped")
+    return 0
+
+
+@contextmanager
+def _signals(handlers: dict[signal.Signals, Callable[[int, FrameType | None], None]],
+             ) -> Iterator[None]:
+    """Install signal handlers for the duration of the block, then restore the previous ones."""
+    previous = {s: signal.signal(s, h) for s, h in handlers.items()}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``trainsim`` command; returns the exit status."""
     args = build_parser().parse_args(argv)
@@ -408,4 +465,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args)
     if args.command == "drill":
         return _drill(args)
+    if args.command == "webhook":
+        return _webhook(args)
     return _control(args)

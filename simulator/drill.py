@@ -25,7 +25,6 @@ import urllib.parse
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TextIO
 from xml.etree import ElementTree
@@ -52,6 +51,7 @@ from simulator.rules_profile import (
     fast_profile,
     fast_prometheus_config,
 )
+from simulator.webhook import Notification, WebhookReceiver
 
 REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 POLL_SECONDS = 0.25
@@ -573,50 +573,6 @@ class DrillError(Exception):
     """The drill could not run (a server unreachable or failing to start): not a verdict."""
 
 
-class WebhookReceiver:
-    """A local Alertmanager webhook receiver that records every notification."""
-
-    def __init__(self, on_notification: Callable[[str, dict[str, Any]], None],
-                 host: str = "127.0.0.1", port: int = 0) -> None:
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(min(length, 10 * 1024 * 1024))
-                try:
-                    payload = json.loads(raw)
-                except ValueError:
-                    payload = None
-                if isinstance(payload, dict):
-                    receiver.on_notification(self.path, payload)
-                self.send_response(200 if isinstance(payload, dict) else 400)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.on_notification = on_notification
-        self.server = ThreadingHTTPServer((host, port), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True,
-                                       name="drill-webhook")
-        self.thread.start()
-
-    @property
-    def url(self) -> str:
-        """The receiver's base URL."""
-        host, port = self.server.server_address[:2]
-        return f"http://{host!s}:{port}"
-
-    def close(self) -> None:
-        """Stop and join."""
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=5)
-
-
 @dataclass
 class Endpoints:
     """The servers a drill talks to."""
@@ -768,11 +724,11 @@ def run_drill(drill: Drill, endpoints: Endpoints | None = None,
     lock = threading.Lock()
     t0 = [time.monotonic()]
 
-    def received(path: str, payload: dict[str, Any]) -> None:
+    def received(notification: Notification) -> None:
         with lock:
-            obs.see_notification(payload, time.monotonic() - t0[0])
+            obs.see_notification(notification.payload, time.monotonic() - t0[0])
 
-    receiver = WebhookReceiver(received, port=webhook_port)
+    receiver = WebhookReceiver(port=webhook_port, on_notification=received)
     try:
         if endpoints is None:
             with tempfile.TemporaryDirectory(prefix="trainsim-drill-") as tmp, \

@@ -19,12 +19,10 @@ records them.
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -39,6 +37,7 @@ from simulator.rules_profile import (
     parse_duration,
     scale_for,
 )
+from simulator.webhook import Notification, WebhookReceiver
 from tests.conftest import need_binary
 
 pytestmark = pytest.mark.realstack
@@ -94,62 +93,16 @@ def scenario_config() -> str:
     return yaml.safe_dump(config, sort_keys=False)
 
 
-@dataclass(frozen=True)
-class Notification:
-    """One webhook POST: where it arrived, when (Unix seconds), and its JSON body."""
-
-    path: str
-    received: float
-    payload: dict[str, Any]
-
-    def alerts(self, status: str, run: str) -> list[dict[str, Any]]:
-        """The alerts of this notification for ``run`` with ``status`` (firing, resolved)."""
-        return [a for a in self.payload.get("alerts", [])
-                if a["status"] == status and a["labels"].get("run") == run
-                and a["labels"].get("alertname") == ALERT]
+def alerts(n: Notification, status: str, run: str) -> list[dict[str, Any]]:
+    """The alerts of notification ``n`` for ``run`` with ``status`` (firing, resolved)."""
+    return [a for a in n.payload.get("alerts", [])
+            if a["status"] == status and a["labels"].get("run") == run
+            and a["labels"].get("alertname") == ALERT]
 
 
-class WebhookReceiver:
-    """A local HTTP server that records every POSTed Alertmanager notification."""
-
-    def __init__(self) -> None:
-        self.notifications: list[Notification] = []
-        self._lock = threading.Lock()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                received = time.time()
-                length = int(self.headers.get("Content-Length", "0"))
-                payload = json.loads(self.rfile.read(length))
-                with receiver._lock:
-                    receiver.notifications.append(Notification(self.path, received, payload))
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", stack.free_port()), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True,
-                                       name="webhook-receiver")
-        self.thread.start()
-
-    def received(self) -> list[Notification]:
-        """Every notification so far, in arrival order."""
-        with self._lock:
-            return list(self.notifications)
-
-    def first(self, status: str, run: str) -> Notification | None:
-        """The first notification carrying ``run``'s divergence alert with ``status``."""
-        return next((n for n in self.received() if n.alerts(status, run)), None)
-
-    def close(self) -> None:
-        """Stop serving and join the thread."""
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=5)
+def first(received: list[Notification], status: str, run: str) -> Notification | None:
+    """The first notification carrying ``run``'s alert with ``status``."""
+    return next((n for n in received if alerts(n, status, run)), None)
 
 
 @dataclass
@@ -185,7 +138,7 @@ class Scenario:
 
     def first_notification(self, status: str, run: str) -> Notification:
         """The first notification with ``run``'s divergence alert in ``status``."""
-        found = next((n for n in self.notifications if n.alerts(status, run)), None)
+        found = first(self.notifications, status, run)
         assert found is not None, f"no {status} notification for {run}: {self.notifications}"
         return found
 
@@ -224,7 +177,7 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
     started = time.time()
     deadline = time.monotonic() + SCENARIO_DEADLINE_S
     processes: list[stack.Process] = []
-    receiver = WebhookReceiver()
+    receiver = WebhookReceiver()  # loopback, a free port
     try:
         am_port = stack.free_port()
         am = stack.start_alertmanager(
@@ -267,7 +220,7 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
         for status in ("firing", "resolved"):
             for run in (VICTIM, DRILL_VICTIM):
                 _poll(f"a {status} notification for {run}",
-                      lambda: receiver.first(status, run), deadline)  # noqa: B023
+                      lambda: first(receiver.received(), status, run), deadline)  # noqa: B023
         finished = time.time()
 
         window = f"{int(finished - started) + 5}s"
@@ -445,7 +398,7 @@ def test_firing_notification_reaches_the_critical_receiver_with_the_expected_lab
     notification = scenario.first_notification("firing", VICTIM)
     assert notification.path == "/alerts/critical"
     assert notification.payload["receiver"] == "trainsim-critical"
-    (alert,) = notification.alerts("firing", VICTIM)
+    (alert,) = alerts(notification, "firing", VICTIM)
     labels = alert["labels"]
     assert labels["alertname"] == ALERT
     assert labels["run"] == VICTIM
@@ -464,7 +417,7 @@ def test_resolved_notification_arrives_after_the_victim_restarts_and_recovers(
     resolved = scenario.first_notification("resolved", VICTIM)
     assert resolved.received > restart
     assert resolved.path == "/alerts/critical"
-    (alert,) = resolved.alerts("resolved", VICTIM)
+    (alert,) = alerts(resolved, "resolved", VICTIM)
     assert alert["labels"]["severity"] == "critical"
     # The new attempt converges: the spike is over.
     assert any(t > restart for t in scenario.event_times("run_converged", VICTIM))
@@ -493,7 +446,7 @@ def test_drill_run_is_routed_to_the_drill_receiver_only(scenario: Scenario) -> N
         assert notification.path == "/drill"
         assert notification.payload["receiver"] == "trainsim-drill"
         assert all(a["labels"].get("drill") == "true" for a in notification.payload["alerts"])
-    (alert,) = firing.alerts("firing", DRILL_VICTIM)
+    (alert,) = alerts(firing, "firing", DRILL_VICTIM)
     assert alert["labels"]["severity"] == "critical"
     leaked = [n.path for n in scenario.notifications
               if n.path != "/drill" and any(a["labels"].get("run") == DRILL_VICTIM

@@ -24,7 +24,7 @@ DOCKERIGNORE = REPO / ".dockerignore"
 PROMETHEUS_CONFIG = REPO / "configs" / "prometheus" / "prometheus.yml"
 DATASOURCES = REPO / "dashboards" / "provisioning" / "datasources" / "prometheus.yml"
 DASHBOARD_PROVIDERS = REPO / "dashboards" / "provisioning" / "dashboards" / "trainsim.yml"
-SERVICES = {"trainsim", "prometheus", "alertmanager", "grafana"}
+SERVICES = {"trainsim", "trainsim-webhook", "prometheus", "alertmanager", "grafana"}
 PINNED_TAG = re.compile(r"v?\d+\.\d+\.\d+([.-][\w.]+)?")
 INTERPOLATION = re.compile(r"\$\{(?P<name>\w+)(?P<op>:?[-?])(?P<arg>[^}]*)\}")
 
@@ -182,7 +182,7 @@ def test_dockerignore_keeps_what_the_build_copies() -> None:
 # ---------------------------------------------------------------------------- compose file
 
 
-def test_compose_file_declares_the_four_services(services: dict[str, Any]) -> None:
+def test_compose_file_declares_the_five_services(services: dict[str, Any]) -> None:
     assert set(services) == SERVICES
 
 
