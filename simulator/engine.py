@@ -663,11 +663,10 @@ class Engine:
         update_norm = np.where(held, self.update_norm[rows], step_norm)
 
         column = None if mask is None else mask[:, None]
+        # Copied: the group's own arrays, and lr, which may be the group's base_lr itself.
         for dst, src, where in (
             (g.z, z_new, column), (g.grad, grad, column), (g.prev_dw, dw, column),
-            (self.step[rows], step, mask), (self.loss[rows], loss, mask),
-            (self.grad_norm[rows], grad_norm, mask), (self.param_absmax[rows], absmax, mask),
-            (self.lr[rows], lr, mask), (self.drift[rows], drift, mask),
+            (self.lr[rows], lr, mask),
         ):
             if where is None:
                 dst[...] = src
@@ -676,7 +675,9 @@ class Engine:
         # Arrays computed afresh this step: when the group is the whole fleet and every member
         # stepped, they replace the stored ones instead of being copied into them.
         fresh: tuple[tuple[str, NDArray[Any]], ...] = (
-                 ("step", step), ("update_norm", update_norm), ("streak", streak),
+                 ("step", step), ("loss", loss), ("grad_norm", grad_norm),
+                 ("param_absmax", absmax), ("drift", drift),
+                 ("update_norm", update_norm), ("streak", streak),
                  ("streak_base", base), ("flip_streak", flips), ("level", level),
                  ("peak", peak), ("rate_streak", rate_streak), ("cosine", cosine),
                  ("conv_hold", conv_hold),
