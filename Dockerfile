@@ -16,6 +16,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /tmp/trainsim
 COPY pyproject.toml README.md ./
 COPY simulator/ simulator/
+# simulator/configs links to configs/, the one copy of the shipped files (package data).
+COPY configs/ configs/
 RUN pip install . \
     && cd / && rm -rf /tmp/trainsim
 

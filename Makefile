@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 SERVER_BINARIES := prometheus promtool prometheus-alertmanager amtool
 
-.PHONY: run test test-deps lint typecheck pytest bench clean
+.PHONY: run test test-deps lint typecheck pytest bench docs clean
 
 run: $(BIN)/python
 	$(BIN)/pip install --quiet --disable-pip-version-check .
@@ -34,6 +34,10 @@ typecheck:
 
 pytest:
 	$(BIN)/python -m pytest
+
+# The reference tables of docs/config.md and docs/faults.md, from the code's declarations.
+docs: $(BIN)/python
+	$(BIN)/python -m simulator.reference docs/config.md docs/faults.md
 
 bench: $(BIN)/python
 	$(BIN)/pip install --quiet --disable-pip-version-check .

@@ -3,7 +3,7 @@
     python benchmarks/bench_fleet.py [--quick]
 
 Prints figures only; nothing here asserts a time. Record results in docs/benchmarks.md.
-Every daemon is a real ``trainsim run`` on loopback (simulator.stack); loads are bounded in
+Every daemon is a real ``trainsim run`` on loopback (simulator.drills.stack); loads are bounded in
 count and time. ``--quick`` shortens the timed phases (for a smoke run, not for the docs).
 """
 
@@ -23,7 +23,7 @@ from pathlib import Path
 from bench_scrape_engine import _cpu_model, bench_scrape
 
 from simulator.config import load_config
-from simulator.stack import DaemonProcess, start_daemon
+from simulator.drills.stack import DaemonProcess, start_daemon
 
 # The fleet of deploy/kubernetes/configmap.yaml, sized by {count}.
 FLEET = """

@@ -19,9 +19,10 @@ from collections.abc import Callable
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
-from simulator.collector import FAMILIES, SCALARS, Renderer, TrainsimCollector
+from simulator.collector import TrainsimCollector
 from simulator.config import RunSpec, load_config, load_default
 from simulator.engine import ALERTS, STATES, Engine, Snapshot
+from simulator.exposition import FAMILIES, SCALARS, Renderer
 
 
 def median_seconds(fn: Callable[[], object], repeat: int) -> float:

@@ -3,18 +3,113 @@
 The engine keeps the small per-run memory the detectors need (a ring buffer of running sums
 of the loss, its changes, the updates' first-order effect and the gradient norm; counters of
 consecutive steps; moving averages; countdowns) and calls these functions on the rows it
-stepped. docs/detection.md gives each detector's formula, defaults and trade-offs; the
-defaults live in ``config.Detection``.
+stepped. docs/detection.md gives each detector's formula, defaults and trade-offs. Their
+thresholds are the ``detect:`` keys of a run (``Detection``), turned into per-run arrays once
+(``Thresholds``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
 import numpy as np
 from numpy.typing import NDArray
 
-Floats = NDArray[np.float64]
-Counts = NDArray[np.int32]  # streaks and countdowns
-Bools = NDArray[np.bool_]
+from simulator.arrays import Bools, Counts, Floats, Ints
+from simulator.schema.fields import at_least_one, half_open_unit, integer, non_negative, positive
+from simulator.schema.kinds import Kind, param
+
+_COUNT = integer(0, 10**6)
+_POSITIVE_COUNT = integer(1, 10**6)
+
+
+@dataclass(frozen=True)
+class Detection(Kind):
+    """Per-run detector thresholds: the keys of ``detect:``."""
+
+    kind: ClassVar[str] = "detect"
+
+    divergence_loss: float = param(1e5, positive, "diverged when the loss exceeds this")
+    divergence_parameter: float = param(1e3, positive, "diverged when any |w_i| exceeds this")
+    divergence_growth_steps: int = param(
+        10, _COUNT, "diverged when the loss rose on this many consecutive steps (0: off)...")
+    divergence_growth_factor: float = param(
+        2.0, at_least_one, "...and grew at least this many times over them (a drifting optimum "
+        "makes the loss climb for a while, but not multiply)")
+    stall_window: int = param(20, integer(1, 10_000), "K: steps over which improvement is "
+                                                      "measured")
+    stall_min_improvement: float = param(
+        1e-4, positive, "m: stalled when, over the window, the loss fell by less than this "
+        "fraction of itself beyond its noise (and rose by no more than its noise), the updates "
+        "account for less than this fraction to first order (the sum of |g · Δw|), and the "
+        "gradient norm fell by less than this fraction; while not converged. All three compare "
+        "the window's two halves (h = K/2 steps each), so the threshold is per K steps")
+    stall_noise_z: float = param(
+        3.0, non_negative, "noise allowance: z standard deviations of the difference of the "
+        "half-window sums, the noise estimated from the sum of |J_k - J_(k-1)| over a half, "
+        "the smaller of the two halves' sums (0: no allowance)")
+    converged_gradient_norm: float = param(
+        1e-3, positive, "converged when the gradient norm is at or below this")
+    oscillation_flip_steps: int = param(
+        10, _COUNT, "oscillating when the update direction flipped (below) on this many "
+        "consecutive steps...")
+    oscillation_min_improvement: float = param(
+        1e-2, positive, "...while the relative improvement over `stall_window` (measured as "
+        "for the stall) is below this")
+    oscillation_flip_cosine: float = param(
+        0.5, half_open_unit, '"flipped" means: the moving average of the cosine between '
+        "successive updates is at or below minus this")
+    divergence_growth_rate: float = param(
+        0.05, non_negative, "also diverged when the moving average of log J rose faster than "
+        "this (per step) on `divergence_growth_steps` consecutive steps and stands "
+        "log(`divergence_growth_factor`) above its highest value outside such a stretch (0: off)")
+    smoothing_steps: int = param(10, _POSITIVE_COUNT, "span n of the moving averages above "
+                                                      "(weight 1/n for the newest value)")
+    clear_steps: int = param(
+        10, _POSITIVE_COUNT, "hysteresis: the converged, stall and oscillation verdicts clear "
+        "only after their condition has been false on this many consecutive steps (1: at once); "
+        "divergence stays latched until the run restarts")
+
+    @property
+    def half(self) -> int:
+        """h: the length of each of the stall window's two blocks."""
+        return max(self.stall_window // 2, 1)
+
+
+class Thresholds:
+    """The thresholds of every run as arrays, in the form the detectors compare against."""
+
+    def __init__(self, detects: Sequence[Detection]) -> None:
+        def col(name: str, dtype: Any) -> NDArray[Any]:
+            return np.array([getattr(d, name) for d in detects], dtype=dtype)
+
+        self.loss_limit: Floats = col("divergence_loss", np.float64)
+        self.param_limit: Floats = col("divergence_parameter", np.float64)
+        growth = col("divergence_growth_steps", np.int32)
+        # A rising streak can never reach this limit: 0 in the config switches the test off.
+        self.growth_limit: Counts = np.where(growth > 0, growth, np.iinfo(np.int32).max)
+        self.growth_factor: Floats = col("divergence_growth_factor", np.float64)
+        self.window: Ints = col("stall_window", np.int64)
+        self.min_improvement: Floats = col("stall_min_improvement", np.float64)
+        self.tolerance: Floats = col("converged_gradient_norm", np.float64)
+        self.flip_steps: Counts = col("oscillation_flip_steps", np.int32)
+        self.osc_improvement: Floats = col("oscillation_min_improvement", np.float64)
+        rate = col("divergence_growth_rate", np.float64)
+        # A rate of 0 switches the smoothed-growth test off: no rate exceeds infinity.
+        self.growth_rate: Floats = np.where(rate > 0, rate, np.inf)
+        self.log_growth_factor: Floats = np.log(self.growth_factor)
+        self.beta: Floats = 1.0 / col("smoothing_steps", np.float64)
+        # The stall window is two adjacent blocks of h steps each. Their means are h steps
+        # apart, so a relative threshold meant over the K-step window is scaled by h / K.
+        self.half: Ints = np.maximum(self.window // 2, 1)
+        self.min_improvement *= self.half / self.window
+        self.osc_improvement *= self.half / self.window
+        self.noise_coef: Floats = (col("stall_noise_z", np.float64)
+                                   * np.sqrt(np.pi / (2.0 * self.half)))
+        self.flip_cosine: Floats = -col("oscillation_flip_cosine", np.float64)
+        self.clear_steps: Counts = col("clear_steps", np.int32)
 
 
 def rising_streak(prev_loss: Floats, loss: Floats, streak: Counts) -> Counts:

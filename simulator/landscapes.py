@@ -1,66 +1,58 @@
-"""Cost functions for blocks of runs, vectorized: arrays of internal coordinates in, losses and
-gradients out. Pure: randomness comes from counter-based streams keyed by run (rng.py).
+"""Cost landscapes: each kind's config keys and its vectorized loss and gradient, side by side.
+
+A kind is a frozen dataclass (its fields are the keys of ``landscape:``, see
+``simulator.schema.kinds``) and a ``Landscape`` that evaluates a block of runs of that kind at
+once: arrays of internal coordinates in, losses and gradients out. Pure: randomness comes from
+counter-based streams keyed by run (``simulator.rng``). ``KINDS`` registers them.
 
 Every landscape works on internal coordinates z, from which the parameters are
 w = ``parameters(z)``; for the quadratic families z = w - c, so values near the optimum keep
 full relative precision. The gradient with respect to z equals the gradient with respect to w.
-docs/config.md gives each formula.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar, Self
 
 import numpy as np
-from numpy.typing import NDArray
 
 from simulator import rng
-from simulator.config import (
-    LogisticRegression,
-    NoisyQuadratic,
-    Plateau,
-    Quadratic,
-    Rosenbrock,
-    RunSpec,
+from simulator.arrays import U64, Floats, Index
+from simulator.rng import Stream
+from simulator.schema.fields import (
+    MAX_DIMS,
+    MAX_SEED,
+    Reader,
+    at_least_one,
+    boolean,
+    describe,
+    finite,
+    integer,
+    join,
+    non_negative,
+    open_unit,
+    positive,
+    scalar_or_list,
 )
+from simulator.schema.kinds import Kind, Registry, param
+from simulator.schema.loader import LocList, LocMap
 
-Floats = NDArray[np.float64]
-U64 = NDArray[np.uint64]
-Index = slice | NDArray[np.intp]
-
-# Random streams (see rng.py); engine.py owns streams 1-9, landscapes 10 and up.
-STREAM_ROTATION = 10
-STREAM_NQM_NOISE = 11
-STREAM_MINIBATCH = 12
-
-
-def _centers(specs: Sequence[RunSpec], default: float) -> Floats:
-    d = specs[0].dims
-    out = np.empty((len(specs), d))
-    for i, s in enumerate(specs):
-        out[i] = getattr(s.landscape, "c", default)
-    return out
-
-
-def _row_sum_of_squares(z: Floats) -> Floats:
-    if z.shape[1] == 1:
-        result: Floats = z[:, 0] * z[:, 0]
-        return result
-    result = np.einsum("ij,ij->i", z, z)
-    return result
+# A rotated quadratic keeps a dims x dims matrix per run.
+MAX_ROTATE_DIMS = 256
+MAX_SAMPLES = 100_000
 
 
 class Landscape:
-    """Base of the landscapes: z = w - c, and the interface the engine calls."""
+    """A block of runs of one kind: z = w - c, and the interface the engine calls."""
 
-    kind = ""
     # loss_grad draws random numbers: the engine passes keys and a counter
     stochastic = False
     # has a held-out loss (exported as trainsim_validation_loss)
     has_validation = False
 
-    def __init__(self, specs: Sequence[RunSpec]) -> None:
+    def __init__(self, specs: Sequence[LandscapeSpec]) -> None:
         self.c = np.zeros((len(specs), specs[0].dims))
 
     def coordinates(self, w: Floats) -> Floats:
@@ -69,7 +61,7 @@ class Landscape:
         return result
 
     def parameters(self, z: Floats, sel: Index) -> Floats:
-        """Parameters w of internal coordinates z, for group members ``sel``."""
+        """Parameters w of internal coordinates z, for block members ``sel``."""
         result: Floats = z + self.c[sel]
         return result
 
@@ -84,6 +76,142 @@ class Landscape:
         raise NotImplementedError
 
 
+@dataclass(frozen=True)
+class LandscapeSpec(Kind):
+    """Base of the landscape kinds.
+
+    A kind whose ``dims`` is a key may take it from the length of a list-valued key instead
+    (``dims_from``, the first such key given), with ``dims``' default when none is a list.
+    """
+
+    dims_from: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def resolve(cls, r: Reader, m: LocMap, path: str, values: dict[str, Any],
+                **context: Any) -> Self:
+        """``dims`` from the lists of ``dims_from``, which must agree."""
+        if cls.dims_from:
+            default = next(p.default for p in cls.params() if p.key == "dims")
+            values = {**values, "dims": _dims(r, m, path, values, cls.dims_from, default)}
+        return cls(**values)
+
+    @property
+    def dims(self) -> int:
+        """Parameters per run."""
+        raise NotImplementedError
+
+    @property
+    def variant(self) -> tuple[object, ...]:
+        """What runs must share, besides kind and dims, to be stepped as one block."""
+        return ()
+
+    @classmethod
+    def block(cls, specs: Sequence[Any], keys: U64) -> Landscape:
+        """The vectorized landscape of a block of runs of this kind (one variant)."""
+        raise NotImplementedError
+
+
+def _centers(specs: Sequence[Any]) -> Floats:
+    """The optimum c of each run, a number broadcast over its dimensions or a list."""
+    out = np.empty((len(specs), specs[0].dims))
+    for i, s in enumerate(specs):
+        out[i] = s.c
+    return out
+
+
+def _row_sum_of_squares(z: Floats) -> Floats:
+    if z.shape[1] == 1:
+        result: Floats = z[:, 0] * z[:, 0]
+        return result
+    result = np.einsum("ij,ij->i", z, z)
+    return result
+
+
+def _dims(r: Reader, m: LocMap, path: str, values: dict[str, Any], lists: tuple[str, ...],
+          default: int) -> int:
+    """Dimensions from ``dims``, else from the first list-valued key; lists must agree."""
+    lengths = [(key, len(values[key])) for key in lists if isinstance(values.get(key), tuple)]
+    dims = int(values.get("dims", lengths[0][1] if lengths else default))
+    for key, n in lengths:
+        if n != dims:
+            r.error(m.lines[key], join(path, key),
+                    f"has {n} entries but the landscape has {dims} dimensions")
+    return dims
+
+
+def _positive_list(value: Any) -> tuple[float, ...]:
+    if not isinstance(value, LocList) or not value or len(value) > MAX_DIMS:
+        raise ValueError(f"must be a list of 1 to {MAX_DIMS} numbers > 0, got {describe(value)}")
+    return tuple(positive(v) for v in value)
+
+
+_DIMS = integer(1, MAX_DIMS)
+
+# --------------------------------------------------------------------------- quadratic
+
+
+@dataclass(frozen=True)
+class Quadratic(LandscapeSpec):
+    """J(w) = 1/2 (w - c)^T H (w - c) + b, H = Q diag(h) Q^T (Q = I unless ``rotate``).
+
+    The eigenvalues h come from ``curvatures``, from ``condition_number`` (log-spaced between
+    1 and kappa), or from ``a`` (h = 2a in every direction): the seed's 1-D bowl
+    J(w) = a (w - c)^2 + b is the case dims = 1.
+    """
+
+    kind: ClassVar[str] = "quadratic"
+    summary: ClassVar[str] = "J(w) = 1/2 (w - c)^T H (w - c) + b, H = Q diag(h) Q^T"
+
+    a: float = param(1.0, positive, "curvature of the seed's bowl: h = 2a in every direction")
+    c: float | tuple[float, ...] = param(2.0, scalar_or_list,
+                                         "the optimum: a number or one per dimension")
+    b: float = param(1.0, finite, "the loss at the optimum")
+    curvatures: tuple[float, ...] | None = param(
+        None, _positive_list, "the eigenvalues h_i > 0 of H, one per dimension")
+    condition_number: float | None = param(
+        None, at_least_one, "kappa >= 1: eigenvalues log-spaced between 1 and kappa")
+    rotate: bool = param(False, boolean, f"rotate H by a seeded orthogonal Q (up to "
+                                         f"{MAX_ROTATE_DIMS} dimensions)")
+    dims: int = param(1, _DIMS, "number of parameters", shown="1, or the length of "
+                                                              "`curvatures`/`c`")
+
+    dims_from: ClassVar[tuple[str, ...]] = ("curvatures", "c")
+
+    @classmethod
+    def resolve(cls, r: Reader, m: LocMap, path: str, values: dict[str, Any],
+                **context: Any) -> Self:
+        """One of ``a``, ``curvatures`` and ``condition_number``; at most ``MAX_ROTATE_DIMS``
+        rotated dimensions."""
+        given = [k for k in ("a", "curvatures", "condition_number") if k in m]
+        for k in given[1:]:
+            r.error(m.lines[k], join(path, k), f"give only one of {', '.join(given)}")
+        spec = super().resolve(r, m, path, values)
+        if spec.rotate and spec.dims > MAX_ROTATE_DIMS:
+            r.error(m.lines["rotate"], join(path, "rotate"),
+                    f"supported up to {MAX_ROTATE_DIMS} dimensions, got {spec.dims}")
+        return spec
+
+    def eigenvalues(self) -> tuple[float, ...]:
+        """The diagonal h of H in its eigenbasis, one per dimension."""
+        if self.curvatures is not None:
+            return self.curvatures
+        if self.condition_number is not None:
+            d = self.dims
+            return tuple(self.condition_number ** (i / (d - 1)) if d > 1 else 1.0
+                         for i in range(d))
+        return (2.0 * self.a,) * self.dims
+
+    @property
+    def variant(self) -> tuple[object, ...]:
+        """Rotated and unrotated runs are stepped apart."""
+        return (self.rotate,)
+
+    @classmethod
+    def block(cls, specs: Sequence[Any], keys: U64) -> Landscape:
+        """See ``QuadraticLandscape``."""
+        return QuadraticLandscape(specs, keys)
+
+
 class QuadraticLandscape(Landscape):
     """J = 1/2 (w - c)^T H (w - c) + b, H = Q diag(h) Q^T, for a block of runs.
 
@@ -92,16 +220,13 @@ class QuadraticLandscape(Landscape):
     from the run's seed (QR of a Gaussian matrix with the signs fixed: Haar-distributed).
     """
 
-    kind = "quadratic"
-
-    def __init__(self, specs: Sequence[RunSpec], keys: U64 | None = None) -> None:
+    def __init__(self, specs: Sequence[Quadratic], keys: U64) -> None:
         super().__init__(specs)
-        self.c = _centers(specs, 0.0)
-        self.h = np.array([_quadratic(s).eigenvalues() for s in specs], dtype=np.float64)
-        self.b = np.array([_quadratic(s).b for s in specs], dtype=np.float64)
+        self.c = _centers(specs)
+        self.h = np.array([s.eigenvalues() for s in specs], dtype=np.float64)
+        self.b = np.array([s.b for s in specs], dtype=np.float64)
         self.q: Floats | None = None
-        if _quadratic(specs[0]).rotate:
-            assert keys is not None
+        if specs[0].rotate:
             self.q = np.stack([rotation(int(k), self.h.shape[1]) for k in keys])
 
     def loss_grad(self, z: Floats, sel: Index, keys: U64 | None = None,
@@ -123,32 +248,44 @@ class QuadraticLandscape(Landscape):
         return loss, grad
 
 
-def _quadratic(spec: RunSpec) -> Quadratic:
-    assert isinstance(spec.landscape, Quadratic)
-    return spec.landscape
-
-
 def rotation(key: int, d: int) -> Floats:
     """A seeded d x d orthogonal matrix (Haar measure) for the run with random key ``key``."""
     keys = np.full(d, key, dtype=np.uint64)
-    g = rng.standard_normal(keys, STREAM_ROTATION, np.arange(d, dtype=np.uint64), d)
+    g = rng.standard_normal(keys, Stream.ROTATION, np.arange(d, dtype=np.uint64), d)
     q, r = np.linalg.qr(g)
     signs = np.where(np.diag(r) < 0, -1.0, 1.0)
     result: Floats = q * signs[None, :]
     return result
 
 
+# --------------------------------------------------------------------------- rosenbrock
+
+
+@dataclass(frozen=True)
+class Rosenbrock(LandscapeSpec):
+    """J(w) = sum_{i<d} b (w_{i+1} - w_i^2)^2 + (a - w_i)^2; minimum 0 at (1, ..., 1) for a = 1
+    (in 2-D at (a, a^2))."""
+
+    kind: ClassVar[str] = "rosenbrock"
+    summary: ClassVar[str] = "J(w) = sum_{i=1}^{d-1} b (w_{i+1} - w_i^2)^2 + (a - w_i)^2"
+
+    a: float = param(1.0, finite, "where the valley's floor lies")
+    b: float = param(100.0, positive, "steepness of the valley's walls")
+    dims: int = param(2, integer(2, MAX_DIMS), "number of parameters, at least 2")
+
+    @classmethod
+    def block(cls, specs: Sequence[Any], keys: U64) -> Landscape:
+        """See ``RosenbrockLandscape``."""
+        return RosenbrockLandscape(specs)
+
+
 class RosenbrockLandscape(Landscape):
     """J = sum_{i<d} b (w_{i+1} - w_i^2)^2 + (a - w_i)^2; z = w (no shift)."""
 
-    kind = "rosenbrock"
-
-    def __init__(self, specs: Sequence[RunSpec]) -> None:
+    def __init__(self, specs: Sequence[Rosenbrock]) -> None:
         super().__init__(specs)
-        ls = [s.landscape for s in specs]
-        assert all(isinstance(x, Rosenbrock) for x in ls)
-        self.a = np.array([[getattr(x, "a", 1.0)] for x in ls])
-        self.b = np.array([[getattr(x, "b", 100.0)] for x in ls])
+        self.a = np.array([[s.a] for s in specs])
+        self.b = np.array([[s.b] for s in specs])
 
     def loss_grad(self, z: Floats, sel: Index, keys: U64 | None = None,
                   counter: U64 | None = None) -> tuple[Floats, Floats]:
@@ -164,6 +301,42 @@ class RosenbrockLandscape(Landscape):
         return loss, grad
 
 
+# --------------------------------------------------------------------------- noisy quadratic
+
+
+@dataclass(frozen=True)
+class NoisyQuadratic(LandscapeSpec):
+    """Zhang et al. 2019: J = 1/2 sum_i h_i (w_i - c_i)^2, h_i = i^-power, and minibatch
+    gradient noise with covariance H / batch_size."""
+
+    kind: ClassVar[str] = "noisy_quadratic"
+    summary: ClassVar[str] = ("J(w) = 1/2 sum_i h_i (w_i - c_i)^2, h_i = i^-p; gradient "
+                              "h (w - c) + sqrt(h / B) xi, xi ~ N(0, I)")
+
+    dims: int = param(100, _DIMS, "number of parameters", shown="100, or the length of `c`")
+    power: float = param(1.0, non_negative, "p: the curvatures fall as i^-p")
+    batch_size: float = param(1.0, positive, "B: the gradient noise has covariance H / B "
+                                             "(any number > 0)")
+    c: float | tuple[float, ...] = param(0.0, scalar_or_list,
+                                         "the optimum: a number or one per dimension")
+
+    dims_from: ClassVar[tuple[str, ...]] = ("c",)
+
+    @property
+    def variant(self) -> tuple[object, ...]:
+        """Runs stepped together share one curvature vector and noise scale."""
+        return (self.power, self.batch_size)
+
+    def eigenvalues(self) -> tuple[float, ...]:
+        """h_i = i^-power for i = 1..dims."""
+        return tuple(float(i) ** -self.power for i in range(1, self.dims + 1))
+
+    @classmethod
+    def block(cls, specs: Sequence[Any], keys: U64) -> Landscape:
+        """See ``NoisyQuadraticLandscape``."""
+        return NoisyQuadraticLandscape(specs)
+
+
 class NoisyQuadraticLandscape(Landscape):
     """Zhang et al. (2019)'s noisy quadratic model: J = 1/2 sum_i h_i z_i^2 with h_i = i^-p,
     and a minibatch gradient h * z + sqrt(h / B) * N(0, I) (noise covariance H / B).
@@ -171,16 +344,13 @@ class NoisyQuadraticLandscape(Landscape):
     Runs of a block share p and B (they are part of the group key), so h is one vector.
     """
 
-    kind = "noisy_quadratic"
     stochastic = True
 
-    def __init__(self, specs: Sequence[RunSpec]) -> None:
+    def __init__(self, specs: Sequence[NoisyQuadratic]) -> None:
         super().__init__(specs)
-        first = specs[0].landscape
-        assert isinstance(first, NoisyQuadratic)
-        self.c = _centers(specs, 0.0)
-        self.h = np.array(first.eigenvalues(), dtype=np.float64)
-        self.noise_scale = np.sqrt(self.h / first.batch_size)
+        self.c = _centers(specs)
+        self.h = np.array(specs[0].eigenvalues(), dtype=np.float64)
+        self.noise_scale = np.sqrt(self.h / specs[0].batch_size)
 
     def loss_grad(self, z: Floats, sel: Index, keys: U64 | None,
                   counter: U64 | None) -> tuple[Floats, Floats]:
@@ -188,24 +358,45 @@ class NoisyQuadraticLandscape(Landscape):
         assert keys is not None and counter is not None
         hz = self.h * z
         loss: Floats = 0.5 * np.einsum("ij,ij->i", hz, z)
-        noise = rng.standard_normal(keys, STREAM_NQM_NOISE, counter, z.shape[1])
+        noise = rng.standard_normal(keys, Stream.NQM_NOISE, counter, z.shape[1])
         grad: Floats = hz + self.noise_scale * noise
         return loss, grad
+
+
+# --------------------------------------------------------------------------- plateau
+
+
+@dataclass(frozen=True)
+class Plateau(LandscapeSpec):
+    """J(w) = scale * (1 - exp(-|w - c|^2 / width^2)) + b: flat far from c, a well around it."""
+
+    kind: ClassVar[str] = "plateau"
+    summary: ClassVar[str] = "J(w) = scale (1 - exp(-|w - c|^2 / s^2)) + b"
+
+    scale: float = param(1.0, positive, "depth of the well")
+    width: float = param(1.0, positive, "s: width of the well")
+    c: float | tuple[float, ...] = param(0.0, scalar_or_list,
+                                         "the optimum: a number or one per dimension")
+    b: float = param(0.0, finite, "the loss at the optimum")
+    dims: int = param(1, _DIMS, "number of parameters", shown="1, or the length of `c`")
+
+    dims_from: ClassVar[tuple[str, ...]] = ("c",)
+
+    @classmethod
+    def block(cls, specs: Sequence[Any], keys: U64) -> Landscape:
+        """See ``PlateauLandscape``."""
+        return PlateauLandscape(specs)
 
 
 class PlateauLandscape(Landscape):
     """J = scale * (1 - exp(-|z|^2 / s^2)) + b: almost flat far from c, a well around it."""
 
-    kind = "plateau"
-
-    def __init__(self, specs: Sequence[RunSpec]) -> None:
+    def __init__(self, specs: Sequence[Plateau]) -> None:
         super().__init__(specs)
-        ls = [s.landscape for s in specs]
-        assert all(isinstance(x, Plateau) for x in ls)
-        self.c = _centers(specs, 0.0)
-        self.scale = np.array([getattr(x, "scale", 1.0) for x in ls])
-        self.inv_s2 = np.array([1.0 / getattr(x, "width", 1.0) ** 2 for x in ls])
-        self.b = np.array([getattr(x, "b", 0.0) for x in ls])
+        self.c = _centers(specs)
+        self.scale = np.array([s.scale for s in specs])
+        self.inv_s2 = np.array([1.0 / s.width ** 2 for s in specs])
+        self.b = np.array([s.b for s in specs])
 
     def loss_grad(self, z: Floats, sel: Index, keys: U64 | None = None,
                   counter: U64 | None = None) -> tuple[Floats, Floats]:
@@ -215,6 +406,58 @@ class PlateauLandscape(Landscape):
         loss: Floats = -scale * np.expm1(-x) + self.b[sel]
         grad: Floats = (2.0 * scale * inv_s2 * np.exp(-x))[:, None] * z
         return loss, grad
+
+
+# --------------------------------------------------------------------------- logistic regression
+
+
+@dataclass(frozen=True)
+class LogisticRegression(LandscapeSpec):
+    """Logistic regression trained by minibatch SGD on a seeded synthetic data set."""
+
+    kind: ClassVar[str] = "logistic_regression"
+    summary: ClassVar[str] = ("J(w) = mean over a minibatch of softplus(x.w) - y x.w (binary "
+                              "cross-entropy, no intercept)")
+
+    features: int = param(10, _DIMS, "number of features, one weight each")
+    samples: int = param(1000, integer(2, MAX_SAMPLES), "size of the synthetic data set")
+    batch_size: int = param(32, integer(1, MAX_SAMPLES), "rows per minibatch (drawn with "
+                                                         "replacement)")
+    validation_fraction: float = param(0.2, open_unit, "share of the rows held out for "
+                                                       "trainsim_validation_loss")
+    data_seed: int = param(0, integer(0, MAX_SEED), "seeds the data set; runs that share it "
+                                                    "share one copy in memory")
+
+    @classmethod
+    def resolve(cls, r: Reader, m: LocMap, path: str, values: dict[str, Any],
+                **context: Any) -> Self:
+        """At least one training sample must remain."""
+        spec = cls(**values)
+        if spec.samples - spec.validation_samples < 1:
+            r.error(m.lines.get("validation_fraction", m.line),
+                    join(path, "validation_fraction"), "leaves no training samples")
+        return spec
+
+    @property
+    def dims(self) -> int:
+        """One weight per feature."""
+        return self.features
+
+    @property
+    def validation_samples(self) -> int:
+        """Size of the held-out split (at least one sample)."""
+        return max(1, round(self.samples * self.validation_fraction))
+
+    @property
+    def variant(self) -> tuple[object, ...]:
+        """Data shapes that runs stepped together must share."""
+        return (self.samples - self.validation_samples, self.validation_samples,
+                self.batch_size)
+
+    @classmethod
+    def block(cls, specs: Sequence[Any], keys: U64) -> Landscape:
+        """See ``LogisticRegressionLandscape``."""
+        return LogisticRegressionLandscape(specs)
 
 
 def _sigmoid(x: Floats) -> Floats:
@@ -242,21 +485,17 @@ class LogisticRegressionLandscape(Landscape):
     a training loop logs. Runs that share ``data_seed`` share one data set in memory.
     """
 
-    kind = "logistic_regression"
     stochastic = True
     has_validation = True
 
-    def __init__(self, specs: Sequence[RunSpec]) -> None:
+    def __init__(self, specs: Sequence[LogisticRegression]) -> None:
         super().__init__(specs)
-        ls: list[Any] = [s.landscape for s in specs]
-        assert all(isinstance(x, LogisticRegression) for x in ls)
-        first: LogisticRegression = ls[0]
-        n_val = first.validation_samples
-        self.n_train = first.samples - n_val
+        first = specs[0]
+        self.n_train = first.samples - first.validation_samples
         self.batch = first.batch_size
-        seeds = sorted({x.data_seed for x in ls})
+        seeds = sorted({s.data_seed for s in specs})
         index = {s: i for i, s in enumerate(seeds)}
-        self.dataset = np.array([index[x.data_seed] for x in ls], dtype=np.intp)
+        self.dataset = np.array([index[s.data_seed] for s in specs], dtype=np.intp)
         data = [synthetic_data(LogisticRegression(first.features, first.samples, self.batch,
                                                   first.validation_fraction, s)) for s in seeds]
         self.x_train = np.stack([x[: self.n_train] for x, _ in data])
@@ -269,7 +508,7 @@ class LogisticRegressionLandscape(Landscape):
         """Mean cross-entropy and its gradient on this step's minibatch."""
         assert keys is not None and counter is not None
         ds = self.dataset[sel][:, None]
-        idx = rng.uniform_index(keys, STREAM_MINIBATCH, counter, self.batch, self.n_train)
+        idx = rng.uniform_index(keys, Stream.MINIBATCH, counter, self.batch, self.n_train)
         xb = self.x_train[ds, idx]  # (m, B, f)
         yb = self.y_train[ds, idx]  # (m, B)
         logits = np.einsum("mbf,mf->mb", xb, z)
@@ -288,17 +527,6 @@ class LogisticRegressionLandscape(Landscape):
         return out
 
 
-def build(specs: Sequence[RunSpec], keys: U64) -> Landscape:
-    """The landscape object for a block of runs of one kind (and group key)."""
-    kind = specs[0].landscape.kind
-    if kind == "quadratic":
-        return QuadraticLandscape(specs, keys)
-    if kind == "rosenbrock":
-        return RosenbrockLandscape(specs)
-    if kind == "noisy_quadratic":
-        return NoisyQuadraticLandscape(specs)
-    if kind == "plateau":
-        return PlateauLandscape(specs)
-    if kind == "logistic_regression":
-        return LogisticRegressionLandscape(specs)
-    raise ValueError(f"unknown landscape kind {kind!r}")
+KINDS: Registry[LandscapeSpec] = Registry(
+    "landscape", Quadratic, Rosenbrock, NoisyQuadratic, Plateau, LogisticRegression,
+    default="quadratic")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from simulator import stack
+from simulator.drills import stack
 
 REPO = Path(__file__).resolve().parent.parent
 

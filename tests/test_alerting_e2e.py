@@ -29,15 +29,15 @@ from typing import Any, TypeVar
 import pytest
 import yaml
 
-from simulator import stack
-from simulator.rules_profile import (
+from simulator.drills import stack
+from simulator.drills.profile import (
     fast_alertmanager_config,
     fast_profile,
     fast_prometheus_config,
-    parse_duration,
     scale_for,
 )
-from simulator.webhook import Notification, WebhookReceiver
+from simulator.durations import parse_prometheus as parse_duration
+from simulator.web.webhook import Notification, WebhookReceiver
 from tests.conftest import need_binary
 
 pytestmark = pytest.mark.realstack

@@ -18,10 +18,11 @@ import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from simulator import api, cli
-from simulator.daemon import ControlError
-from simulator.server import start_server
-from simulator.stack import http_get
+from simulator import cli
+from simulator.drills.stack import http_get
+from simulator.schema.errors import UsageError
+from simulator.web import api, auth
+from simulator.web.server import start_server
 from tests import test_compose as tc
 from tests.conftest import wait_for
 
@@ -427,19 +428,14 @@ class _Broken:
         raise RuntimeError("boom: secret internals")
 
     def run_view(self, run: str) -> dict[str, Any]:
-        raise ControlError(404, f"unknown run {run!r}")
+        raise api.NotFoundError(f"unknown run {run!r}")
 
-    def exposition(self, openmetrics: bool, gzipped: bool) -> bytes:
-        return b""
-
-    def runs_table(self) -> list[dict[str, Any]]:
-        return []
 
 
 def test_an_unexpected_exception_is_a_logged_500_with_a_generic_message() -> None:
     broken = _Broken()
-    server = start_server("127.0.0.1:0", broken,  # type: ignore[arg-type]
-                          api.ControlApi(broken, api.ControlSettings()).routes())  # type: ignore[arg-type]
+    server = start_server("127.0.0.1:0",
+                          api.ControlApi(broken, auth.ControlSettings()).routes())  # type: ignore[arg-type]
     try:
         status, body = http_get(f"http://{server.address}/api/v1/runs")
         assert status == 500
@@ -514,12 +510,12 @@ def test_sighup_reloads_the_token_file_and_keeps_the_old_token_if_the_new_file_i
 
 
 def test_responses_and_logs_never_carry_the_token(token_daemon: Any) -> None:
-    for auth in (f"Bearer {TOKEN}", f"Bearer {TOKEN}x"):
+    for bearer in (f"Bearer {TOKEN}", f"Bearer {TOKEN}x"):
         for method, path in (("POST", "/api/v1/runs/alpha/pause"),
                              ("POST", "/api/v1/runs/nope/pause"),
                              ("GET", "/api/v1/runs")):
             _, headers, payload = request(token_daemon, method, path,
-                                          headers={"Authorization": auth})
+                                          headers={"Authorization": bearer})
             assert TOKEN not in json.dumps(payload) + json.dumps(headers)
     assert TOKEN not in token_daemon.output()
 
@@ -571,6 +567,11 @@ def test_missing_token_file_is_a_usage_error(tmp_path: Path) -> None:
     assert done.stderr.count("\n") == 1
 
 
+def settings_of(args: Any) -> auth.ControlSettings:
+    """The control API settings ``trainsim run`` takes from its flags."""
+    return auth.control_settings(args.control_api, args.control_token_file, args.listen_address)
+
+
 @pytest.mark.parametrize(("address", "flags", "allowed"), [
     ("127.0.0.1:9310", (), True),
     ("localhost:9310", (), True),
@@ -585,14 +586,14 @@ def test_missing_token_file_is_a_usage_error(tmp_path: Path) -> None:
 def test_loopback_rule(address: str, flags: tuple[str, ...], allowed: bool) -> None:
     args = cli.build_parser().parse_args(["run", "--web.listen-address", address, *flags])
     if allowed:
-        assert cli._control_settings(args).token is None
+        assert settings_of(args).token is None
     else:
-        with pytest.raises(cli.UsageError, match="refusing to listen"):
-            cli._control_settings(args)
+        with pytest.raises(UsageError, match="refusing to listen"):
+            settings_of(args)
 
 
 def test_settings_repr_hides_the_token() -> None:
-    assert "hunter2" not in repr(api.ControlSettings(token=b"hunter2"))
+    assert "hunter2" not in repr(auth.ControlSettings(token=b"hunter2"))
 
 
 # ---------------------------------------------------------------------- property-based test
@@ -772,10 +773,10 @@ def test_the_compose_stack_passes_the_loopback_rule_with_its_token() -> None:
     host_file = tc._host_path(service, token_path)
     assert host_file is not None and host_file.is_file()
     argv[argv.index(token_path)] = str(host_file)
-    settings = cli._control_settings(cli.build_parser().parse_args(argv))
+    settings = settings_of(cli.build_parser().parse_args(argv))
     assert settings.enabled and settings.token == host_file.read_bytes().strip()
 
 
 def test_the_bare_image_passes_the_loopback_rule() -> None:
     cmd = tc._exec_form(tc._last("CMD"))
-    cli._control_settings(cli.build_parser().parse_args(cmd))  # raises if refused
+    settings_of(cli.build_parser().parse_args(cmd))  # raises if refused

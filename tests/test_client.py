@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from simulator import cli
-from simulator.client import TOKEN_ENV
-from simulator.stack import free_port
+from simulator.drills.stack import free_port
+from simulator.web.client import TOKEN_ENV
 from tests.test_api import CONFIG, RUNS, SPEED, TOKEN, runs
 
 

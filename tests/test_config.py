@@ -8,13 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from simulator.config import (
-    ConfigError,
-    Detection,
-    load_config,
-    load_default,
-    parse_duration,
-)
+from simulator import resources
+from simulator.config import ConfigError, load_config, load_default
+from simulator.detectors import Detection
+from simulator.durations import parse_seconds as parse_duration
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -36,9 +33,8 @@ def test_default_config_is_the_seed_four_learning_rates() -> None:
 
 
 def test_repo_configs_default_is_the_embedded_default() -> None:
-    from importlib.resources import files
 
-    embedded = files("simulator").joinpath("default.yaml").read_bytes()
+    embedded = resources.read_bytes("default.yaml")
     assert (REPO / "configs" / "default.yaml").read_bytes() == embedded
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from simulator.stack import http_get
+from simulator.drills.stack import http_get
 from tests.conftest import need_binary, wait_for
 
 TWO_RUNS = """

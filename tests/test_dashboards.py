@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import yaml
 
-from simulator import rules_profile, stack
+from simulator.drills import profile, stack
 
 REPO = Path(__file__).resolve().parent.parent
 DASHBOARDS = REPO / "dashboards"
@@ -377,7 +377,7 @@ def _rule_files(workdir: Path) -> list[Path]:
     out = []
     for path in shipped:
         target = workdir / path.name
-        target.write_text(rules_profile.fast_profile(
+        target.write_text(profile.fast_profile(
             path.read_text(), SPEED, scrape_interval=f"{SCRAPE_SECONDS}s"))
         out.append(target)
     return out

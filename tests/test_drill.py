@@ -15,17 +15,9 @@ from xml.etree import ElementTree
 import pytest
 
 from simulator.config import ConfigError
-from simulator.drill import (
-    FAIL,
-    PASS,
-    WAITING,
-    Observations,
-    evaluate,
-    load_drill,
-    render_json,
-    render_junit,
-    render_table,
-)
+from simulator.drills.file import load_drill
+from simulator.drills.report import render_json, render_junit, render_table
+from simulator.drills.scoring import FAIL, PASS, WAITING, Observations, evaluate
 from tests.conftest import need_binary
 
 REPO = Path(__file__).resolve().parent.parent
@@ -278,7 +270,7 @@ def test_a_budget_too_tight_fails_on_latency(servers: None, tmp_path: Path) -> N
 
 def test_an_unreachable_prometheus_is_an_error_not_a_pass(tmp_path: Path,
                                                           daemon_factory: Any) -> None:
-    from simulator.stack import free_port
+    from simulator.drills.stack import free_port
 
     d = daemon_factory(speed=20)
     res = run_cli(str(quick_drill(tmp_path)), "--daemon", d.url, "--prometheus",

@@ -9,7 +9,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from simulator.collector import TrainsimCollector
-from simulator.config import Detection, RunSpec, load_config, load_default
+from simulator.config import RunSpec, load_config, load_default
+from simulator.detectors import Detection
 from simulator.engine import ALERTS, STATES, Engine
 
 SEED_RATES = (0.05, 0.2, 0.7, 1.1)
@@ -103,8 +104,8 @@ def test_step_index_depends_on_elapsed_time_not_on_how_often_advance_is_called()
     jumpy.advance(3.3)
     jumpy.advance(3.3)  # a repeated time does not double a step
     jumpy.advance(39.95)
-    assert smooth.step.tolist() == jumpy.step.tolist() == [39] * 4
-    assert smooth.loss.tobytes() == jumpy.loss.tobytes()
+    assert smooth.runs.step.tolist() == jumpy.runs.step.tolist() == [39] * 4
+    assert smooth.runs.loss.tobytes() == jumpy.runs.loss.tobytes()
 
 
 def test_step_interval_and_speed_of_time_set_the_step_count() -> None:
@@ -112,7 +113,7 @@ def test_step_interval_and_speed_of_time_set_the_step_count() -> None:
                       "    optimizer: {learning_rate: 0.1}\n    steps: 1000\n", "f.yaml")
     engine = Engine(cfg.runs)
     engine.advance(10.0)
-    assert int(engine.step[0]) == 40
+    assert int(engine.runs.step[0]) == 40
 
 
 def test_default_config_lr_1_1_diverges_and_the_others_converge_without_alerts() -> None:
@@ -137,13 +138,13 @@ def test_default_config_lr_1_1_diverges_and_the_others_converge_without_alerts()
 def test_divergence_is_detected_after_the_configured_rising_streak_and_the_run_holds() -> None:
     engine = Engine([r for r in load_default().runs if r.name == "lr-1.1"])
     engine.advance(9.0)
-    assert STATES[engine.state[0]] == "running"
+    assert STATES[engine.runs.state[0]] == "running"
     engine.advance(10.0)
-    assert STATES[engine.state[0]] == "diverged"
-    held = (engine.loss.copy(), int(engine.step[0]))
+    assert STATES[engine.runs.state[0]] == "diverged"
+    held = (engine.runs.loss.copy(), int(engine.runs.step[0]))
     engine.advance(200.0)
-    assert engine.loss.tobytes() == held[0].tobytes()
-    assert int(engine.step[0]) == held[1] == 10
+    assert engine.runs.loss.tobytes() == held[0].tobytes()
+    assert int(engine.runs.step[0]) == held[1] == 10
 
 
 def test_a_non_finite_step_holds_the_last_finite_values() -> None:
@@ -151,10 +152,10 @@ def test_a_non_finite_step_holds_the_last_finite_values() -> None:
     run = dataclasses.replace(seed_runs()[3], steps=5000)
     engine = Engine([run])
     engine.advance(4000.0)
-    assert STATES[engine.state[0]] == "diverged"
-    assert np.isfinite(engine.loss).all()
+    assert STATES[engine.runs.state[0]] == "diverged"
+    assert np.isfinite(engine.runs.loss).all()
     assert np.isfinite(engine.parameters(run.name)).all()
-    assert 1000 < int(engine.step[0]) < 4000
+    assert 1000 < int(engine.runs.step[0]) < 4000
 
 
 def test_loss_threshold_divergence_uses_the_configured_limit() -> None:
@@ -162,8 +163,8 @@ def test_loss_threshold_divergence_uses_the_configured_limit() -> None:
     engine = Engine([dataclasses.replace(seed_runs(detect)[3])])
     engine.advance(100.0)
     # loss_k = 1 + 12.25 * 1.44^k first exceeds 1000 at k = 13
-    assert int(engine.step[0]) == 13
-    assert STATES[engine.state[0]] == "diverged"
+    assert int(engine.runs.step[0]) == 13
+    assert STATES[engine.runs.state[0]] == "diverged"
 
 
 def test_stall_fires_on_a_flat_loss_and_not_on_a_slow_but_steady_descent() -> None:
@@ -177,9 +178,9 @@ runs:
 """, "f.yaml")
     engine = Engine(cfg.runs)
     engine.advance(19.0)
-    assert [STATES[s] for s in engine.state] == ["running", "running"]  # window not yet full
+    assert [STATES[s] for s in engine.runs.state] == ["running", "running"]  # window not yet full
     engine.advance(25.0)
-    assert [STATES[s] for s in engine.state] == ["stalled", "running"]
+    assert [STATES[s] for s in engine.runs.state] == ["stalled", "running"]
     assert engine.snapshot(1).alerts[:, ALERTS.index("stall")].tolist() == [True, False]
 
 
@@ -198,25 +199,25 @@ def test_converged_then_finished_then_restarted_when_looping() -> None:
     run = dataclasses.replace(load_default().runs[1], steps=40)
     engine = Engine([run])
     engine.advance(39.0)
-    assert STATES[engine.state[0]] == "converged"
+    assert STATES[engine.runs.state[0]] == "converged"
     events = engine.advance(40.0)
-    assert STATES[engine.state[0]] == "finished"
+    assert STATES[engine.runs.state[0]] == "finished"
     assert [(t.old, t.new) for t in events.transitions] == [("converged", "finished")]
     events = engine.advance(41.0)
     assert events.restarts == (("lr-0.2", 1),)
-    assert int(engine.step[0]) == 0
-    assert float(engine.loss[0]) == 13.25
+    assert int(engine.runs.step[0]) == 0
+    assert float(engine.runs.loss[0]) == 13.25
     engine.advance(41.0 + 40 * 41.0)  # forty more attempts in one jump
-    assert int(engine.restarts[0]) == 41
+    assert int(engine.runs.restarts[0]) == 41
 
 
 def test_non_looping_run_stays_finished() -> None:
     run = dataclasses.replace(load_default().runs[1], steps=10, loop=False)
     engine = Engine([run])
     engine.advance(1000.0)
-    assert STATES[engine.state[0]] == "finished"
-    assert int(engine.step[0]) == 10
-    assert int(engine.restarts[0]) == 0
+    assert STATES[engine.runs.state[0]] == "finished"
+    assert int(engine.runs.step[0]) == 10
+    assert int(engine.runs.restarts[0]) == 0
 
 
 def test_reconfigured_keeps_unchanged_runs_and_restarts_changed_ones() -> None:
@@ -238,5 +239,5 @@ def test_reconfigured_keeps_unchanged_runs_and_restarts_changed_ones() -> None:
     assert snap.steps[rows["new-run"]] == 0
     assert "lr-0.7" not in rows
     new.advance(16.0)
-    assert new.step[new.row_of["lr-0.05"]] == 16
-    assert new.step[new.row_of["new-run"]] == 1
+    assert new.runs.step[new.row_of["lr-0.05"]] == 16
+    assert new.runs.step[new.row_of["new-run"]] == 1

@@ -222,17 +222,17 @@ def test_injected_and_cleared_faults_are_reported_as_events() -> None:
 
 
 def test_live_injection_and_early_clear() -> None:
-    from simulator.config import FaultSpec
+    from simulator.faults.catalogue import FaultSpec
 
     engine = engine_with()
     engine.advance(5.0)
     rec = engine.inject("r", FaultSpec("lr_spike", 0.0, math.inf, (("factor", 2.0),)))
     assert [r.id for r in engine.active_faults("r")] == [rec.id]
     engine.advance(8.0)
-    assert float(engine.lr[0]) == pytest.approx(0.1)
+    assert float(engine.runs.lr[0]) == pytest.approx(0.1)
     engine.clear("r", rec.id)
     assert engine.active_faults("r") == []
     engine.advance(9.0)
-    assert float(engine.lr[0]) == 0.05
+    assert float(engine.runs.lr[0]) == 0.05
     with pytest.raises(KeyError):
         engine.clear("r", "nope")

@@ -25,6 +25,7 @@ import yaml
 
 from simulator.config import Config, load_config, load_file
 from simulator.daemon import Daemon
+from simulator.web.api import fault_from_body
 
 REPO = Path(__file__).resolve().parent.parent
 DIGESTS = Path(__file__).parent / "fingerprint" / "fingerprints.json"
@@ -99,8 +100,9 @@ def fingerprint(config: Config, duration: float) -> str:
         100.0: lambda: daemon.pause(names[0]),
         130.0: lambda: daemon.resume(names[0]),
         200.0: lambda: daemon.restart(names[1 % len(names)]),
-        250.0: lambda: daemon.inject(names[2 % len(names)], {
-            "kind": "lr_spike", "duration": "20s", "params": {"factor": 20}}),
+        250.0: lambda: daemon.inject(names[2 % len(names)], fault_from_body(
+            {"kind": "lr_spike", "duration": "20s", "params": {"factor": 20}},
+            daemon.step_interval(names[2 % len(names)]))),
         400.0: lambda: daemon.apply(_reloaded(config)),
     }
     digest = hashlib.sha256()

@@ -13,9 +13,9 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from simulator.collector import Renderer, series_count
 from simulator.config import ConfigError, load_config
 from simulator.daemon import Daemon
+from simulator.exposition import Renderer, series_count
 
 FLEET = """
 defaults: {steps: 100000, loop: true}

@@ -9,8 +9,8 @@ from typing import Any
 import yaml
 
 from simulator.config import load_file
-from simulator.fleet import parse_shard
-from simulator.stack import http_get, start_prometheus
+from simulator.config.shards import parse_shard
+from simulator.drills.stack import http_get, start_prometheus
 from tests.conftest import REPO, need_binary, wait_for
 
 FLEET = """

@@ -70,7 +70,7 @@ def test_rotated_quadratic_follows_the_closed_form_in_its_eigenbasis() -> None:
         e.advance(float(k))
         y = q.T @ (e.parameters("r") - 1.0)
         np.testing.assert_allclose(y, (1 - 0.03 * h) ** k * y0, rtol=1e-10, atol=1e-13)
-        assert float(e.loss[0]) == pytest.approx(0.5 * np.sum(h * y * y), rel=1e-10)
+        assert float(e.runs.loss[0]) == pytest.approx(0.5 * np.sum(h * y * y), rel=1e-10)
 
 
 def test_sgd_diverges_exactly_when_lr_exceeds_2_over_lambda_max() -> None:
@@ -85,7 +85,7 @@ def test_sgd_diverges_exactly_when_lr_exceeds_2_over_lambda_max() -> None:
 """ for f in factors)
     e = Engine(runs(body, "steps: 3000"))
     e.advance(3000.0)
-    verdict = {name: bool(e.diverged[e.row_of[name]]) for name in e.names}
+    verdict = {name: bool(e.runs.diverged[e.row_of[name]]) for name in e.names}
     assert verdict == {f"f{f}": f > 1 for f in factors}
     snap = e.snapshot(1)
     col = ALERTS.index("divergence")
@@ -130,7 +130,7 @@ def test_noisy_quadratic_steady_state_loss_matches_its_analytic_value() -> None:
     for k in range(1, burn + steps + 1):
         e.advance(float(k))
         if k > burn:
-            total += float(e.loss.sum())
+            total += float(e.runs.loss.sum())
     estimate = total / (runs_n * steps)
     h = np.arange(1, dims + 1, dtype=np.float64) ** -1.0
     mean, var_factor = nqm_expected_loss(h, lr, batch)
@@ -150,7 +150,7 @@ def test_noisy_quadratic_curvatures_follow_the_power_law() -> None:
     i = np.arange(1, 10001, dtype=np.float64)
     np.testing.assert_allclose(lands.h, i**-1.5, rtol=1e-15)
     np.testing.assert_allclose(lands.noise_scale, np.sqrt(i**-1.5 / 32), rtol=1e-15)
-    assert float(e.loss[0]) == pytest.approx(0.5 * np.sum(i**-1.5), rel=1e-12)
+    assert float(e.runs.loss[0]) == pytest.approx(0.5 * np.sum(i**-1.5), rel=1e-12)
 
 
 # --------------------------------------------------------------------------- other landscapes
@@ -188,8 +188,8 @@ def test_rosenbrock_minimum_is_zero(landscape: str, minimum: str) -> None:
     init: {minimum}
     optimizer: {{learning_rate: 0.001}}
 """))
-    assert float(e.loss[0]) == 0.0
-    assert float(e.grad_norm[0]) == 0.0
+    assert float(e.runs.loss[0]) == 0.0
+    assert float(e.runs.grad_norm[0]) == 0.0
 
 
 def test_plateau_gradient_vanishes_far_out_and_the_run_descends_once_it_reaches_the_well() -> None:
@@ -198,12 +198,12 @@ def test_plateau_gradient_vanishes_far_out_and_the_run_descends_once_it_reaches_
     init: 2.4
     optimizer: {learning_rate: 0.5}
 """, "steps: 400"))
-    assert float(e.loss[0]) == pytest.approx(1 - math.exp(-2.4**2), rel=1e-12)
-    assert float(e.grad_norm[0]) < 0.02
+    assert float(e.runs.loss[0]) == pytest.approx(1 - math.exp(-2.4**2), rel=1e-12)
+    assert float(e.runs.grad_norm[0]) < 0.02
     loss = []
     for k in range(0, 400, 10):
         e.advance(float(k))
-        loss.append(float(e.loss[0]))
+        loss.append(float(e.runs.loss[0]))
     assert min(loss[:4]) > 0.95  # 30 steps creeping along the flat region
     assert loss[-1] < 1e-12  # then down the well
 
@@ -215,7 +215,7 @@ def test_logistic_regression_trains_and_exports_a_validation_loss() -> None:
   - name: bowl
     optimizer: {learning_rate: 0.1}
 """))
-    assert float(e.loss[e.row_of["logreg"]]) == pytest.approx(math.log(2), rel=1e-12)
+    assert float(e.runs.loss[e.row_of["logreg"]]) == pytest.approx(math.log(2), rel=1e-12)
     e.advance(300.0)
     snap = e.snapshot(1)
     assert [snap.names[r] for r in snap.validation_rows] == ["logreg"]
@@ -246,7 +246,7 @@ def test_runs_with_the_same_data_seed_share_a_data_set_and_draw_their_own_batche
     assert isinstance(lands, landscapes.LogisticRegressionLandscape)
     assert lands.x_train.shape == (2, 800, 10)
     e.advance(1.0)
-    assert len({float(x) for x in e.loss}) == 3
+    assert len({float(x) for x in e.runs.loss}) == 3
 
 
 # --------------------------------------------------------------------------- config

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from simulator.stack import start_prometheus
+from simulator.drills.stack import start_prometheus
 from tests.conftest import need_binary, wait_for
 
 

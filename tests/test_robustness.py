@@ -17,7 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from simulator.config import ConfigError, load_file
-from simulator.stack import http_get, start_daemon
+from simulator.drills.stack import http_get, start_daemon
 from tests.conftest import wait_for
 
 CORPUS = sorted((Path(__file__).parent / "corpus" / "broken").glob("*.yaml"))

@@ -20,15 +20,15 @@ from typing import Any
 import pytest
 import yaml
 
-from simulator.rules_profile import (
+from simulator.drills.profile import (
     fast_alertmanager_config,
     fast_profile,
     fast_prometheus_config,
-    format_duration,
-    parse_duration,
     scale_expr,
     scale_for,
 )
+from simulator.durations import format_prometheus as format_duration
+from simulator.durations import parse_prometheus as parse_duration
 
 REPO = Path(__file__).resolve().parent.parent
 PROMETHEUS_YML = REPO / "configs" / "prometheus" / "prometheus.yml"

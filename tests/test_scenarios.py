@@ -78,10 +78,10 @@ def test_hung_job_victim_is_still_running_and_stops_stepping_during_the_hang() -
     engine = Engine(load_file(SCENARIOS / "hung-job.yaml").runs)
     engine.advance(119.0)
     row = engine.row_of["victim"]
-    assert STATES[engine.state[row]] == "running"
+    assert STATES[engine.runs.state[row]] == "running"
     engine.advance(1000.0)
-    assert int(engine.step[row]) == 119  # the step due as the hang begins (2m) is not taken
-    assert STATES[engine.state[row]] == "running"
+    assert int(engine.runs.step[row]) == 119  # the step due as the hang begins (2m) is not taken
+    assert STATES[engine.runs.state[row]] == "running"
 
 
 def test_data_drift_makes_the_victims_loss_climb_without_a_divergence() -> None:
@@ -93,11 +93,11 @@ def test_data_drift_makes_the_victims_loss_climb_without_a_divergence() -> None:
     for t in range(0, 1500):
         engine.advance(float(t))
         if t % 60 == 0:
-            ln.append(math.log(float(engine.loss[row])))
+            ln.append(math.log(float(engine.runs.loss[row])))
         # The fine-tuning run sits close to an optimum whose loss is 1, at lr 0.002: its loss
         # hardly changes relative to itself, but it converges (its gradient shrinks) and then
         # lags behind the drift; with the default detector settings it never reads stalled.
-        assert not engine.diverged[row] and not engine.stalled.any(), t
+        assert not engine.runs.diverged[row] and not engine.runs.stalled.any(), t
     assert ln[15] - ln[5] > 0.25  # from the drift's start at 5m to 15m
     assert all(b >= a for a, b in itertools.pairwise(ln[5:16]))
 
@@ -105,5 +105,5 @@ def test_data_drift_makes_the_victims_loss_climb_without_a_divergence() -> None:
 def test_crash_loop_victim_restarts_once_per_crash() -> None:
     engine = Engine(load_file(SCENARIOS / "crash-loop.yaml").runs)
     engine.advance(1100.0)
-    assert int(engine.restarts[engine.row_of["victim"]]) == 9
-    assert int(engine.restarts[engine.row_of["baseline"]]) == 0
+    assert int(engine.runs.restarts[engine.row_of["victim"]]) == 9
+    assert int(engine.runs.restarts[engine.row_of["baseline"]]) == 0

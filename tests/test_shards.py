@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from simulator import cli
 from simulator.config import Config, load_config
-from simulator.fleet import Shard, parse_shard, shard_config
+from simulator.config.shards import Shard, parse_shard, shard_config
 from tests.conftest import REPO, need_binary
 
 DEPLOY = REPO / "deploy"

@@ -13,9 +13,9 @@ from typing import Any
 
 import yaml
 
-from simulator import stack
-from simulator.rules_profile import fast_alertmanager_config
-from simulator.webhook import MAX_BODY, WebhookReceiver
+from simulator.drills import stack
+from simulator.drills.profile import fast_alertmanager_config
+from simulator.web.webhook import MAX_BODY, WebhookReceiver
 from tests.conftest import need_binary, wait_for
 
 REPO = Path(__file__).resolve().parent.parent

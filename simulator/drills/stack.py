@@ -8,7 +8,6 @@ returns a handle whose ``close()`` stops the process and waits for it.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -21,7 +20,7 @@ import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 STARTUP_TIMEOUT_SECONDS = 30.0
 
@@ -113,12 +112,15 @@ class Process:
         self.close()
 
 
-def _spawn(name: str, argv: Sequence[str], workdir: Path, env: dict[str, str] | None = None,
-           ) -> Process:
+P = TypeVar("P", bound=Process)
+
+
+def _spawn(kind: type[P], name: str, argv: Sequence[str], workdir: Path,
+           env: dict[str, str] | None = None) -> P:
     proc = subprocess.Popen(list(argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, text=True, cwd=workdir,
                             env=env, bufsize=1)
-    p = Process(name, proc, "", workdir)
+    p = kind(name, proc, "", workdir)
 
     def pump() -> None:
         assert proc.stdout is not None
@@ -158,8 +160,7 @@ def start_daemon(workdir: Path, config: Path | None = None, speed: float = 1.0,
             "--log.format", "json", "--speed", repr(speed), *extra_args]
     if config is not None:
         argv += ["--config.file", str(config)]
-    base = _spawn("trainsim", argv, workdir, env)
-    d = DaemonProcess(base.name, base.proc, "", workdir, base.lines, base._reader)
+    d = _spawn(DaemonProcess, "trainsim", argv, workdir, env)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for event in d.events():
@@ -217,15 +218,7 @@ def start_prometheus(workdir: Path, config_text: str, rule_files: Sequence[Path]
     port = port or free_port()
     argv = [binary, f"--config.file={cfg}", f"--storage.tsdb.path={workdir / 'data'}",
             f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"]
-    base = _spawn("prometheus", argv, workdir)
-    p = PrometheusProcess(base.name, base.proc, f"http://127.0.0.1:{port}", workdir, base.lines,
-                          base._reader)
-    try:
-        wait_http_ok(f"{p.url}/-/ready", p.proc, "prometheus")
-    except StartupError as exc:
-        p.close()
-        raise StartupError(f"{exc}\n{p.output()}") from None
-    return p
+    return _start_server(PrometheusProcess, "prometheus", argv, workdir, port)
 
 
 def start_alertmanager(workdir: Path, config_text: str, port: int | None = None) -> Process:
@@ -238,11 +231,16 @@ def start_alertmanager(workdir: Path, config_text: str, port: int | None = None)
     argv = [binary, f"--config.file={cfg}", f"--storage.path={workdir / 'data'}",
             f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address=",
             "--log.level=warn"]
-    env = dict(os.environ)
-    p = _spawn("alertmanager", argv, workdir, env)
+    return _start_server(Process, "alertmanager", argv, workdir, port)
+
+
+def _start_server(kind: type[P], name: str, argv: Sequence[str], workdir: Path,
+                  port: int) -> P:
+    """Spawn a server listening on ``port`` and wait until it says it is ready."""
+    p = _spawn(kind, name, argv, workdir)
     p.url = f"http://127.0.0.1:{port}"
     try:
-        wait_http_ok(f"{p.url}/-/ready", p.proc, "alertmanager")
+        wait_http_ok(f"{p.url}/-/ready", p.proc, name)
     except StartupError as exc:
         p.close()
         raise StartupError(f"{exc}\n{p.output()}") from None

@@ -1,13 +1,14 @@
-"""HTTP shell: /metrics, /healthz and the landing page, on a threaded stdlib server.
+"""The HTTP shell: a threaded stdlib server that dispatches requests to routes.
 
-The server knows nothing of the simulation: it asks an ``App`` for the exposition and the run
-table. ``start_server`` returns a handle whose ``close()`` stops and joins the serving thread.
+It knows nothing of what it serves: the daemon (``simulator.web.pages``, ``simulator.web.api``)
+and the webhook receiver (``simulator.web.webhook``) hand it their routes. It reads request
+bodies for them within limits (``RequestBody``) and turns anything unexpected into a clean
+error. ``start_server`` returns a handle whose ``close()`` stops and joins the serving thread.
 """
 
 from __future__ import annotations
 
-import gzip
-import html
+import ipaddress
 import json
 import socket
 import threading
@@ -15,10 +16,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-TEXT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-OPENMETRICS_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+JSON_TYPE = "application/json"
 # A client that sends nothing for this long is dropped, so idle connections cannot pile up.
 REQUEST_TIMEOUT_SECONDS = 10.0
 # Closing a socket with unread input resets the connection, and a reset can destroy the answer
@@ -28,16 +28,6 @@ LINGER_SECONDS = 2.0
 LINGER_MAX_BYTES = 1 << 20
 # On shutdown, requests already being answered (a scrape mid-render) get this long to finish.
 DRAIN_SECONDS = 5.0
-
-
-class App(Protocol):
-    """What the HTTP shell needs from the daemon."""
-
-    def exposition(self, openmetrics: bool, gzipped: bool) -> bytes:
-        """The /metrics body."""
-
-    def runs_table(self) -> list[dict[str, Any]]:
-        """One row per run for the landing page."""
 
 
 @dataclass
@@ -52,8 +42,8 @@ class Response:
 
 def json_response(status: int, payload: Any, headers: tuple[tuple[str, str], ...] = ()) -> Response:
     """A JSON response."""
-    return Response(status, (json.dumps(payload, indent=None) + "\n").encode(),
-                    "application/json", headers)
+    return Response(status, (json.dumps(payload, indent=None) + "\n").encode(), JSON_TYPE,
+                    headers)
 
 
 Route = Callable[["Handler", str], Response]
@@ -65,7 +55,6 @@ class _Server(ThreadingHTTPServer):
     # socketserver's default listen backlog is 5: with more concurrent scrapers connecting,
     # the kernel drops SYNs and clients wait 1 s, 3 s, 7 s for the retransmits.
     request_queue_size = socket.SOMAXCONN
-    app: App
     routes: list[tuple[str, Route]]
     # Requests being answered right now (idle keep-alive connections do not count).
     in_flight: int
@@ -128,34 +117,11 @@ class Handler(BaseHTTPRequestHandler):
         if not head:
             self.wfile.write(r.body)
 
-    def do_GET(self) -> None:
-        """GET."""
-        self._dispatch("GET")
-
-    def do_HEAD(self) -> None:
-        """HEAD."""
-        self._dispatch("HEAD")
-
-    def do_POST(self) -> None:
-        """POST."""
-        self._dispatch("POST")
-
-    def do_PUT(self) -> None:
-        """PUT."""
-        self._dispatch("PUT")
-
-    def do_DELETE(self) -> None:
-        """DELETE."""
-        self._dispatch("DELETE")
-
-    def do_PATCH(self) -> None:
-        """PATCH."""
-        self._dispatch("PATCH")
-
     if not TYPE_CHECKING:  # hidden from mypy, which would otherwise accept any attribute
         def __getattr__(self, name: str) -> Callable[[], None]:
-            # Any other method (OPTIONS, TRACE, made-up tokens) reaches the routes too, which
-            # answer 405 with Allow: a client's wrong method is not a 501 server error.
+            # Every method (GET, POST, but also OPTIONS, TRACE, made-up tokens) reaches the
+            # routes, which answer 405 with Allow to a method they do not take: a client's
+            # wrong method is not a 501 server error.
             if name.startswith("do_"):
                 return lambda: self._dispatch(name[3:])
             raise AttributeError(name)
@@ -164,48 +130,6 @@ class Handler(BaseHTTPRequestHandler):
 def method_not_allowed(allowed: str) -> Response:
     """405 with the Allow header."""
     return Response(405, b"method not allowed\n", headers=(("Allow", allowed),))
-
-
-def _metrics(h: Handler, method: str) -> Response:
-    if method not in ("GET", "HEAD"):
-        return method_not_allowed("GET, HEAD")
-    accept = h.headers.get("Accept", "")
-    openmetrics = "application/openmetrics-text" in accept
-    gzipped = "gzip" in h.headers.get("Accept-Encoding", "")
-    body = h.server.app.exposition(openmetrics, gzipped)
-    headers = (("Content-Encoding", "gzip"),) if gzipped else ()
-    return Response(200, body, OPENMETRICS_TYPE if openmetrics else TEXT_TYPE, headers)
-
-
-def _healthz(h: Handler, method: str) -> Response:
-    if method not in ("GET", "HEAD"):
-        return method_not_allowed("GET, HEAD")
-    return Response(200, b"ok\n")
-
-
-def _landing(h: Handler, method: str) -> Response:
-    if method not in ("GET", "HEAD"):
-        return method_not_allowed("GET, HEAD")
-    if h.path.split("?", 1)[0] != "/":
-        return Response(404, b"not found\n")
-    rows = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(str(r[k]))}</td>"
-                         for k in ("run", "state", "step", "loss", "alerts")) + "</tr>"
-        for r in h.server.app.runs_table())
-    page = f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>trainsim</title>
-<style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:2px 12px;text-align:left}}</style>
-</head><body><h1>trainsim</h1>
-<p><a href="/metrics">Metrics</a> &middot; <a href="/healthz">Health</a> &middot;
-<a href="/api/v1/runs">Runs (JSON)</a></p>
-<table><thead><tr><th>run</th><th>state</th><th>step</th><th>loss</th><th>alerts</th></tr></thead>
-<tbody>{rows}</tbody></table></body></html>
-"""
-    return Response(200, page.encode(), "text/html; charset=utf-8")
-
-
-BASE_ROUTES: list[tuple[str, Route]] = [
-    ("/metrics", _metrics), ("/healthz", _healthz), ("/", _landing)]
 
 
 def parse_listen_address(address: str) -> tuple[str, int]:
@@ -220,11 +144,9 @@ def parse_listen_address(address: str) -> tuple[str, int]:
 
 def is_loopback(host: str) -> bool:
     """Whether a listen host only accepts connections from this machine."""
-    if host in ("localhost",):
+    if host == "localhost":
         return True
     try:
-        import ipaddress
-
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
@@ -255,25 +177,99 @@ class ServerHandle:
         self.thread.join(timeout=5)
 
 
-def start_server(address: str, app: App,
-                 routes: list[tuple[str, Route]] | None = None) -> ServerHandle:
-    """Bind ``address`` and serve ``app`` on a background thread."""
+def start_server(address: str, routes: list[tuple[str, Route]]) -> ServerHandle:
+    """Bind ``address`` and serve ``routes`` (path, or prefix ending in ``/``) on a background
+    thread."""
     host, port = parse_listen_address(address)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     cls: type[_Server] = type("Server", (_Server,), {"address_family": family})
     server = cls((host, port), Handler)
-    server.app = app
     server.in_flight = 0
     server.in_flight_lock = threading.Condition()
     # Longest prefix first, so /api/v1/runs/ wins over /.
-    all_routes = (routes or []) + BASE_ROUTES
-    server.routes = sorted(all_routes, key=lambda r: -len(r[0]))
+    server.routes = sorted(routes, key=lambda r: -len(r[0]))
     thread = threading.Thread(target=server.serve_forever, name="trainsim-http",
                               kwargs={"poll_interval": 0.1}, daemon=True)
     thread.start()
     return ServerHandle(server, thread)
 
 
-def gzip_bytes(data: bytes) -> bytes:
-    """Fast gzip (level 1): scrapes are large and frequent, bandwidth on loopback is cheap."""
-    return gzip.compress(data, compresslevel=1, mtime=0)
+# --------------------------------------------------------------------------- request bodies
+
+
+class HttpError(Exception):
+    """A request the shell or a route refuses: status, message, and extra headers."""
+
+    def __init__(self, status: int, message: str,
+                 headers: tuple[tuple[str, str], ...] = ()) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers
+
+
+class RequestBody:
+    """The body of one request, read at most once and never beyond ``limit`` bytes."""
+
+    def __init__(self, h: Handler, limit: int) -> None:
+        self.h = h
+        self.limit = limit
+        self.consumed = False
+
+    @property
+    def present(self) -> bool:
+        """Whether the request announces a body."""
+        headers = self.h.headers
+        return ("Transfer-Encoding" in headers
+                or headers.get("Content-Length", "0").strip() not in ("", "0"))
+
+    def length(self, required: bool) -> int:
+        """The announced length; HttpError for a missing (when ``required``), malformed or
+        oversized one, or a chunked body."""
+        headers = self.h.headers
+        if "Transfer-Encoding" in headers:
+            raise HttpError(411, "Transfer-Encoding is not supported: send the body with "
+                                 "Content-Length")
+        values = headers.get_all("Content-Length") or []
+        if not values:
+            if required:
+                raise HttpError(411, "Content-Length is required")
+            return 0
+        text = values[0].strip()
+        if len(values) > 1 or not text.isdigit() or not text.isascii():
+            raise HttpError(400, "invalid Content-Length")
+        length = int(text)
+        if length > self.limit:
+            raise HttpError(413, f"body too large: {length} bytes (limit {self.limit})")
+        return length
+
+    def read(self, required: bool) -> bytes:
+        """The whole body (empty when optional and absent)."""
+        length = self.length(required)
+        self.consumed = True
+        try:
+            data = self.h.rfile.read(length)
+        except TimeoutError:
+            raise HttpError(408, "timed out reading the request body") from None
+        if len(data) != length:
+            raise HttpError(400, f"request body ended after {len(data)} of {length} bytes")
+        return bytes(data)
+
+    def discard(self) -> bool:
+        """Read and drop a body the request was refused without reading, so that the connection
+        stays in step (and closing it cannot reset it under the client before it has read the
+        answer); False when that is not possible."""
+        self.consumed = True
+        try:
+            length = self.length(required=True)
+            return len(self.h.rfile.read(length)) == length
+        except (HttpError, OSError):
+            return False
+
+    def settle(self, response: Response) -> Response:
+        """``response``, after dealing with a body nobody read: an unread body would be parsed
+        as the next request on this connection, so it is dropped, or the connection closed."""
+        if not self.consumed and self.present and not self.discard():
+            self.h.close_connection = True
+            response.headers = (*response.headers, ("Connection", "close"))
+        return response

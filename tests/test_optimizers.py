@@ -11,7 +11,7 @@ import pytest
 
 from simulator.config import RunSpec, load_config
 from simulator.engine import Engine
-from simulator.optim import Schedules
+from simulator.schedules import LearningRates
 
 QUIET = "detect: {divergence_growth_steps: 0, divergence_loss: 1e300, divergence_parameter: 1e300}"
 
@@ -202,7 +202,7 @@ def test_optimizer_state_is_reset_on_restart_and_kept_on_reconfigure() -> None:
     e = Engine(specs)
     first = trajectory(e, "r", 20)
     e.advance(21.0)  # restart (one interval after the last step)
-    assert int(e.restarts[0]) == 1
+    assert int(e.runs.restarts[0]) == 1
     second = [e.parameters("r")]
     for k in range(1, 21):
         e.advance(21.0 + k)
@@ -226,7 +226,7 @@ def schedule_lr(schedule: str, t: list[int], lr: float = 0.1, steps: int = 100) 
     spec = runs(f"  - name: r\n    optimizer: {{learning_rate: {lr}}}\n    steps: {steps}\n"
                 f"    schedule: {schedule}\n")
     # one run per t: Schedules evaluates each run at its own step count
-    sch = Schedules(spec * len(t), np.full(len(t), lr))
+    sch = LearningRates([s.schedule for s in spec] * len(t), np.full(len(t), lr))
     return [float(x) for x in sch.lr(np.array(t))]
 
 
@@ -260,7 +260,7 @@ def test_exported_learning_rate_is_the_schedule_times_the_fault_multiplier() -> 
     seen = []
     for k in range(1, 9):
         e.advance(float(k))
-        seen.append(float(e.lr[0]))
+        seen.append(float(e.runs.lr[0]))
     want = [0.1 * 0.9 ** (k - 1) * (3 if k in (5, 6) else 1) for k in range(1, 9)]
     assert seen == pytest.approx(want, rel=1e-12)
 
@@ -283,12 +283,13 @@ def test_clip_grad_norm_caps_the_update_at_lr_times_max_norm() -> None:
     e.advance(1.0)
     row = e.row_of["clipped"]
     # |grad| = 1000: clipped to 5 * 1000 / (1000 + 1e-6); the exported norm is the unclipped one
-    assert float(e.update_norm[row]) == pytest.approx(0.1 * 5 * 1000 / (1000 + 1e-6), rel=1e-12)
+    assert float(e.runs.update_norm[row]) == pytest.approx(0.1 * 5 * 1000 / (1000 + 1e-6),
+                                                           rel=1e-12)
     w = e.parameters("clipped")
     assert w / np.linalg.norm(w) == pytest.approx(np.array([0.6, 0.8]), rel=1e-12)
-    assert float(e.update_norm[e.row_of["free"]]) == pytest.approx(100.0, rel=1e-12)
+    assert float(e.runs.update_norm[e.row_of["free"]]) == pytest.approx(100.0, rel=1e-12)
     e.advance(2000.0)  # once the gradient is below the cap, clipping is a no-op
-    assert float(e.loss[row]) < 1e-12
+    assert float(e.runs.loss[row]) < 1e-12
 
 
 NOISY = """  - name: nqm
@@ -335,7 +336,7 @@ def test_a_run_gives_the_same_bits_alone_and_in_a_fleet() -> None:
         alone = Engine([spec])
         alone.advance(50.0)
         i = together.row_of[spec.name]
-        assert alone.loss[0] == together.loss[i]
+        assert alone.runs.loss[0] == together.runs.loss[i]
         assert alone.parameters(spec.name).tobytes() == together.parameters(spec.name).tobytes()
 
 
@@ -350,9 +351,9 @@ def test_loss_noise_changes_the_reported_loss_but_never_the_trajectory() -> None
     a.advance(40.0)
     b.advance(40.0)
     assert a.parameters("r").tobytes() == b.parameters("r").tobytes()
-    assert a.grad_norm.tobytes() == b.grad_norm.tobytes()
-    assert a.loss[0] != b.loss[0]
-    assert abs(float(b.loss[0] - a.loss[0])) < 0.3 * 6
+    assert a.runs.grad_norm.tobytes() == b.runs.grad_norm.tobytes()
+    assert a.runs.loss[0] != b.runs.loss[0]
+    assert abs(float(b.runs.loss[0] - a.runs.loss[0])) < 0.3 * 6
 
 
 def test_gradient_noise_has_the_configured_standard_deviation() -> None:
@@ -367,6 +368,6 @@ def test_gradient_noise_has_the_configured_standard_deviation() -> None:
     norms = []
     for k in range(1, 2001):
         e.advance(float(k))
-        norms.append(float(e.grad_norm[0]) ** 2)
+        norms.append(float(e.runs.grad_norm[0]) ** 2)
     # E|g|^2 = 4 sigma^2 = 0.25; sd of the mean over 2000 draws ~ 0.25 * sqrt(2/4/2000)
     assert np.mean(norms) == pytest.approx(0.25, abs=5 * 0.25 * math.sqrt(0.5 / 2000))

@@ -1,4 +1,4 @@
-"""Collector: the fast renderer equals prometheus_client's output; the contract is pinned."""
+"""Exposition: the fast renderer equals prometheus_client's output; the contract is pinned."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from prometheus_client.parser import text_string_to_metric_families
 
-from simulator.collector import FAMILIES, Renderer, TrainsimCollector, format_floats
+from simulator.collector import TrainsimCollector
 from simulator.config import load_config, load_default
 from simulator.engine import ALERTS, STATES, Engine, Snapshot
+from simulator.exposition import FAMILIES, Renderer, format_floats
 
 GOLDEN = Path(__file__).parent / "golden" / "default-after-15s.prom"
 WALL_EPOCH = 1_700_000_000.0

@@ -1,4 +1,5 @@
-"""A small client for the control API (stdlib urllib only), used by the CLI subcommands.
+"""A small client for the control API (stdlib urllib only), used by the CLI subcommands and
+the drill runner.
 
 Every failure becomes a ``ClientError`` with one line fit for a terminal: the daemon's status,
 message and field, or why the daemon could not be reached.
@@ -7,11 +8,14 @@ message and field, or why the daemon could not be reached.
 from __future__ import annotations
 
 import json
+import os
 import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
+
+from simulator.web.auth import read_token
 
 DEFAULT_URL = "http://127.0.0.1:9310"
 TOKEN_ENV = "TRAINSIM_CONTROL_TOKEN"
@@ -98,6 +102,14 @@ def _describe(status: int, reason: str, raw: bytes) -> str:
     except (ValueError, KeyError, TypeError):
         return f"{status} {reason}"
     return f"{status} {message}" + (f" (field: {fld})" if fld else "")
+
+
+def token(token_file: str | None) -> str | None:
+    """The control token a client sends: from ``token_file``, else from the
+    TRAINSIM_CONTROL_TOKEN environment variable, else none. UsageError for an unusable file."""
+    if token_file is not None:
+        return read_token(token_file, "--token-file")
+    return os.environ.get(TOKEN_ENV, "").strip() or None
 
 
 def check_url(url: str) -> str:

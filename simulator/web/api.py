@@ -10,31 +10,36 @@ daemon before every check passed, so a bad request changes nothing. Errors are
 
 from __future__ import annotations
 
-import hmac
 import json
 import math
-import re
 import urllib.parse
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
-from simulator.daemon import ControlError
-from simulator.server import Handler, Response, Route
+from simulator.faults.catalogue import FAULTS, FaultSpec, read_fault
+from simulator.schema.fields import MAX_NAME_LENGTH, NAME_CHARS, Reader, is_name
+from simulator.schema.loader import LocMap
+from simulator.web.auth import ControlSettings, authorize
+from simulator.web.server import JSON_TYPE, Handler, HttpError, RequestBody, Response, Route
 
 PREFIX = "/api/v1/"
 MAX_BODY_BYTES = 64 * 1024
-MAX_NAME_LENGTH = 128
-NAME_RE = re.compile(r"[a-zA-Z0-9_.-]+")
-JSON_TYPE = "application/json"
 MUTATING = frozenset({"POST", "DELETE"})
 ACTIONS = ("pause", "resume", "restart")
-_ENABLE_HINT = ("the control API is disabled on this daemon; start it with "
-                "--web.enable-control-api to allow changes")
+_FAULT_KEYS = ("kind", "duration", "steps", "params")
+
+
+class NotFoundError(LookupError):
+    """A control request names a run or fault the daemon does not have (404)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 class Controller(Protocol):
-    """What the API needs from the daemon (``simulator.daemon.Daemon`` provides it)."""
+    """What the API needs from the daemon (``simulator.daemon.Daemon`` provides it); an
+    unknown run or fault is a ``NotFoundError`` whose message the client reads."""
 
     log: Any
 
@@ -42,10 +47,13 @@ class Controller(Protocol):
         """Every run."""
 
     def run_view(self, run: str) -> dict[str, Any]:
-        """One run; ControlError(404) if unknown."""
+        """One run."""
 
-    def inject(self, run: str, body: Any) -> dict[str, Any]:
-        """Inject a fault from a parsed JSON body."""
+    def step_interval(self, run: str) -> float | None:
+        """The run's seconds per step (None for an unknown run)."""
+
+    def inject(self, run: str, spec: FaultSpec) -> dict[str, Any]:
+        """Inject a fault now."""
 
     def clear(self, run: str, fault_id: str) -> dict[str, Any]:
         """End a fault now."""
@@ -60,24 +68,13 @@ class Controller(Protocol):
         """Restart a run."""
 
 
-@dataclass(frozen=True)
-class ControlSettings:
-    """Whether mutations are allowed, and the bearer token they need (None: no token)."""
-
-    enabled: bool = True
-    token: bytes | None = field(default=None, repr=False)
-
-
-class ApiError(Exception):
+class ApiError(HttpError):
     """An error response: status, message, offending field, extra headers."""
 
     def __init__(self, status: int, message: str, field: str | None = None,
                  headers: tuple[tuple[str, str], ...] = ()) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
+        super().__init__(status, message, headers)
         self.field = field
-        self.headers = headers
 
 
 @dataclass(frozen=True)
@@ -108,32 +105,28 @@ class ControlApi:
 
     def handle(self, h: Handler, method: str) -> Response:
         """Answer one request; never raises."""
-        body = _Body(h)
+        body = RequestBody(h, MAX_BODY_BYTES)
         try:
             response = self._handle(h, method, body)
-        except ApiError as exc:
-            response = _error(exc.status, exc.message, exc.field, exc.headers)
-        except ControlError as exc:
-            response = _error(exc.status, exc.message, exc.field)
+        except HttpError as exc:
+            response = _error(exc.status, exc.message, getattr(exc, "field", None), exc.headers)
+        except NotFoundError as exc:
+            response = _error(404, str(exc))
         except Exception:
             # A bug, not the client's mistake: log it with its traceback, tell the client little.
             self.controller.log.exception("api_request_failed", method=method,
                                           path=h.path[:200])
             response = _error(500, "internal error; see the daemon's log")
-        if not body.consumed and _has_body(h) and not body.discard():
-            # An unread body would be parsed as the next request on this connection.
-            h.close_connection = True
-            response.headers = (*response.headers, ("Connection", "close"))
-        return response
+        return body.settle(response)
 
-    def _handle(self, h: Handler, method: str, body: _Body) -> Response:
+    def _handle(self, h: Handler, method: str, body: RequestBody) -> Response:
         m = _match(h.path.split("?", 1)[0])
         if method not in m.allowed:
             allow = ", ".join(m.allowed)
             raise ApiError(405, f"method {method[:20]} not allowed here (allowed: {allow})",
                            headers=(("Allow", allow),))
         if method in MUTATING:
-            self._authorize(h)
+            authorize(h, self.settings)
         for value, what in ((m.run, "run name"), (m.fault_id, "fault id")):
             if value is not None:
                 _check_name(value, what)
@@ -146,7 +139,8 @@ class ControlApi:
         if m.endpoint == "faults" and method != "POST":
             return _ok(200, c.run_view(m.run)["faults"])
         if m.endpoint == "faults":
-            fault = c.inject(m.run, body.json(required=True))
+            spec = fault_from_body(_read_json(h, body, required=True), c.step_interval(m.run))
+            fault = c.inject(m.run, spec)
             location = (f"{PREFIX}runs/{urllib.parse.quote(m.run, safe='')}/faults/"
                         f"{urllib.parse.quote(str(fault['id']), safe='')}")
             return _ok(201, fault, (("Location", location),))
@@ -158,35 +152,13 @@ class ControlApi:
                 if f["id"] == m.fault_id:
                     return _ok(200, f)
             raise ApiError(404, f"run {m.run!r} has no active fault {m.fault_id!r}")
-        fields = body.json(required=False)
+        fields = _read_json(h, body, required=False)
         if fields not in (None, {}):
             if not isinstance(fields, dict):
                 raise ApiError(400, "body must be empty or a JSON object")
             raise ApiError(422, f"{m.endpoint} takes no fields", str(next(iter(fields))))
         action: Callable[[str], dict[str, Any]] = getattr(c, m.endpoint)
         return _ok(200, action(m.run))
-
-    def _authorize(self, h: Handler) -> None:
-        if not self.settings.enabled:
-            raise ApiError(403, _ENABLE_HINT)
-        origin = h.headers.get("Origin")
-        if origin is not None and not _same_origin(origin, h.headers.get("Host", "")):
-            # Browsers send Origin; refusing cross-site pages keeps a loopback daemon without a
-            # token from being driven by any web page its user happens to open.
-            raise ApiError(403, "cross-origin requests may not change anything")
-        token = self.settings.token
-        if token is None:
-            return
-        scheme, _, given = h.headers.get("Authorization", "").strip().partition(" ")
-        challenge = (("WWW-Authenticate", 'Bearer realm="trainsim"'),)
-        if scheme.lower() != "bearer" or not given.strip():
-            raise ApiError(401, "a bearer token is required (Authorization: Bearer <token>)",
-                           headers=challenge)
-        # Header values arrive decoded as latin-1: encoding back yields the bytes as sent.
-        if not hmac.compare_digest(given.strip().encode("latin-1", "replace"), token):
-            raise ApiError(401, "invalid bearer token",
-                           headers=(("WWW-Authenticate",
-                                     'Bearer realm="trainsim", error="invalid_token"'),))
 
 
 def _match(path: str) -> _Match:
@@ -215,79 +187,62 @@ def _match(path: str) -> _Match:
 
 
 def _check_name(value: str, what: str) -> None:
-    if len(value) > MAX_NAME_LENGTH or not NAME_RE.fullmatch(value):
+    if len(value) > MAX_NAME_LENGTH or not is_name(value):
         shown = value if len(value) <= 40 else value[:40] + "..."
-        raise ApiError(400, f"invalid {what} {shown!r}: must match [a-zA-Z0-9_.-]+ "
+        raise ApiError(400, f"invalid {what} {shown!r}: must match {NAME_CHARS} "
                        f"(at most {MAX_NAME_LENGTH} characters)")
 
 
-def _same_origin(origin: str, host: str) -> bool:
-    parsed = urllib.parse.urlsplit(origin)
-    return bool(parsed.scheme in ("http", "https") and host and parsed.netloc == host)
+def _read_json(h: Handler, body: RequestBody, required: bool) -> Any:
+    """The body parsed as JSON (None when optional and empty)."""
+    if body.length(required) == 0 and not required:
+        return None
+    ctype = h.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+    if ctype != JSON_TYPE:
+        raise ApiError(415, f"Content-Type must be {JSON_TYPE}")
+    data = body.read(required)
+    try:
+        return json.loads(data, parse_constant=_reject_constant)
+    except RecursionError:
+        raise ApiError(400, "invalid JSON: nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ApiError(400, f"invalid JSON: {str(exc)[:200]}") from None
 
 
-def _has_body(h: Handler) -> bool:
-    return ("Transfer-Encoding" in h.headers
-            or h.headers.get("Content-Length", "0").strip() not in ("", "0"))
-
-
-def _content_length(h: Handler, required: bool) -> int:
-    if "Transfer-Encoding" in h.headers:
-        raise ApiError(411, "Transfer-Encoding is not supported: send the body with "
-                            "Content-Length")
-    values = h.headers.get_all("Content-Length") or []
-    if not values:
-        if required:
-            raise ApiError(411, "Content-Length is required")
-        return 0
-    if len(values) > 1 or not values[0].strip().isdigit() or not values[0].strip().isascii():
-        raise ApiError(400, "invalid Content-Length")
-    length = int(values[0].strip())
-    if length > MAX_BODY_BYTES:
-        raise ApiError(413, f"body too large: {length} bytes (limit {MAX_BODY_BYTES})")
-    return length
-
-
-class _Body:
-    """The request body, read at most once."""
-
-    def __init__(self, h: Handler) -> None:
-        self.h = h
-        self.consumed = False
-
-    def json(self, required: bool) -> Any:
-        """The body parsed as JSON (None when optional and empty)."""
-        h = self.h
-        length = _content_length(h, required)
-        if length == 0 and not required:
-            return None
-        ctype = h.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
-        if ctype != JSON_TYPE:
-            raise ApiError(415, f"Content-Type must be {JSON_TYPE}")
-        self.consumed = True
-        try:
-            data = h.rfile.read(length)
-        except TimeoutError:
-            raise ApiError(408, "timed out reading the request body") from None
-        if len(data) != length:
-            raise ApiError(400, f"request body ended after {len(data)} of {length} bytes")
-        try:
-            return json.loads(data, parse_constant=_reject_constant)
-        except RecursionError:
-            raise ApiError(400, "invalid JSON: nested too deeply") from None
-        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-            raise ApiError(400, f"invalid JSON: {str(exc)[:200]}") from None
-
-    def discard(self) -> bool:
-        """Read and drop a body the request was refused without reading, so that the connection
-        stays in step (and closing it cannot reset it under the client before it has read the
-        answer); False when that is not possible."""
-        self.consumed = True
-        try:
-            length = _content_length(self.h, required=True)
-            return len(self.h.rfile.read(length)) == length
-        except (ApiError, OSError):
-            return False
+def fault_from_body(body: Any, step_interval: float | None) -> FaultSpec:
+    """A fault to inject now from an API body ``{kind, duration|steps, params}``; 400 or 422
+    naming the field for a body that is wrong (``step_interval``: the run's, for ``steps``)."""
+    if not isinstance(body, dict):
+        raise ApiError(400, "body must be a JSON object")
+    for key in body:
+        if key not in _FAULT_KEYS:
+            raise ApiError(422, f"unknown field (expected one of: {', '.join(_FAULT_KEYS)})",
+                           str(key))
+    if not isinstance(body.get("kind", ""), str):
+        raise ApiError(422, "must be a string", "kind")
+    params = body.get("params", {})
+    if not isinstance(params, dict):
+        raise ApiError(422, "must be an object", "params")
+    kind = body.get("kind")
+    flat = {k: v for k, v in body.items() if k != "params"}
+    for key, value in params.items():
+        if kind in FAULTS and key not in (p.key for p in FAULTS[kind].params):
+            expected = (", ".join(p.key for p in FAULTS[kind].params)
+                        or "none, it takes no parameters")
+            raise ApiError(422, f"not a parameter of fault kind {kind} (expected: {expected})",
+                           f"params.{key}")
+        if key in flat or key in ("at", "at_step"):  # with an unknown kind
+            raise ApiError(422, "not a parameter of this fault kind", f"params.{key}")
+        flat[key] = value
+    reader = Reader("<request>")
+    located = LocMap.at(0, {k: (v, 0) for k, v in flat.items()})
+    spec = read_fault(reader, located, 0, "", step_interval or 1.0, at_default=0.0)
+    if spec is None:
+        issue = reader.issues[0]
+        field = issue.path if issue.path in ("kind", "duration", "steps") or not issue.path \
+            else f"params.{issue.path}"
+        raise ApiError(422, issue.message, field or None)
+    return spec
 
 
 def _reject_constant(name: str) -> Any:

@@ -47,6 +47,8 @@ from typing import Any
 
 import yaml
 
+from simulator.durations import format_prometheus, parse_prometheus
+
 __all__ = [
     "ALERTMANAGER_TIMING_DEFAULTS",
     "MIN_FOR_MS",
@@ -55,8 +57,6 @@ __all__ = [
     "fast_alertmanager_config",
     "fast_profile",
     "fast_prometheus_config",
-    "format_duration",
-    "parse_duration",
     "scale_expr",
     "scale_for",
 ]
@@ -74,23 +74,7 @@ ALERTMANAGER_TIMING_DEFAULTS = {"group_wait": "30s", "group_interval": "5m",
                                 "repeat_interval": "4h"}
 """Alertmanager's own defaults for the root route's timings (what an unset key means)."""
 
-_UNIT_MS: dict[str, int] = {
-    "y": 365 * 86_400_000,
-    "w": 7 * 86_400_000,
-    "d": 86_400_000,
-    "h": 3_600_000,
-    "m": 60_000,
-    "s": 1_000,
-    "ms": 1,
-}
-
-# Prometheus' own duration grammar: units in this order, each at most once.
-_FULL_DURATION_RE = re.compile(
-    r"^(?:(\d+)y)?(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?(?:(\d+)ms)?$"
-)
-_FULL_UNITS = ("y", "w", "d", "h", "m", "s", "ms")
-
-# A duration token inside an expression; _FULL_DURATION_RE validates it afterwards.
+# A duration token inside an expression; parse_prometheus validates it afterwards.
 _DUR = r"\d+(?:ms|[smhdwy])(?:\d+(?:ms|[smhdwy]))*"
 
 # `[5m]` (range selector) and `[30m:1m]` / `[30m:]` (subquery).
@@ -106,38 +90,6 @@ _OFFSET_RE = re.compile(rf"(?<![\w:])(?P<kw>offset\s+)(?P<sign>-?)(?P<dur>{_DUR}
 _NOT_CODE_RE = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`|#[^\n]*')
 
 
-def parse_duration(text: str) -> int:
-    """Parse a Prometheus duration such as ``1h30m`` or ``250ms`` into milliseconds.
-
-    Raises :class:`ValueError` for anything Prometheus itself would reject.
-    """
-    match = _FULL_DURATION_RE.match(text.strip())
-    if match is None or not any(match.groups()):
-        raise ValueError(f"not a Prometheus duration: {text!r}")
-    return sum(
-        int(count) * _UNIT_MS[unit]
-        for count, unit in zip(match.groups(), _FULL_UNITS, strict=True)
-        if count is not None
-    )
-
-
-def format_duration(ms: int) -> str:
-    """Format milliseconds as a Prometheus duration (``90000`` -> ``1m30s``, ``0`` -> ``0s``).
-
-    Days and longer are written in hours, so the output reads the same in every rule.
-    """
-    if ms < 0:
-        raise ValueError(f"negative duration: {ms} ms")
-    if ms == 0:
-        return "0s"
-    parts: list[str] = []
-    for unit in ("h", "m", "s", "ms"):
-        count, ms = divmod(ms, _UNIT_MS[unit])
-        if count:
-            parts.append(f"{count}{unit}")
-    return "".join(parts)
-
-
 def _check_factor(factor: float) -> None:
     if not (math.isfinite(factor) and factor >= 1):
         raise ValueError(f"factor must be a finite number >= 1, got {factor!r}")
@@ -151,10 +103,10 @@ def _shrink(ms: int, factor: float, floor_ms: int) -> int:
 def scale_for(value: str, factor: float) -> str:
     """Scale an alert's ``for:`` duration: ``0`` stays ``0``, else ``max(for / factor, 1s)``."""
     _check_factor(factor)
-    ms = parse_duration(value)
+    ms = parse_prometheus(value)
     if ms == 0:
         return "0s"
-    return format_duration(_shrink(ms, factor, MIN_FOR_MS))
+    return format_prometheus(_shrink(ms, factor, MIN_FOR_MS))
 
 
 def scale_expr(expr: str, factor: float, *, scrape_interval: str = "1s") -> str:
@@ -164,20 +116,21 @@ def scale_expr(expr: str, factor: float, *, scrape_interval: str = "1s") -> str:
     formula; ``scrape_interval`` sets the floors.
     """
     _check_factor(factor)
-    scrape_ms = parse_duration(scrape_interval)
+    scrape_ms = parse_prometheus(scrape_interval)
     if scrape_ms <= 0:
         raise ValueError(f"scrape_interval must be > 0, got {scrape_interval!r}")
     window_floor = MIN_WINDOW_SCRAPES * scrape_ms
 
     def window(text: str) -> str:
-        return format_duration(_shrink(parse_duration(text), factor, window_floor))
+        return format_prometheus(_shrink(parse_prometheus(text), factor, window_floor))
 
     def bracket(match: re.Match[str]) -> str:
         out = f"[{match['sp1']}{window(match['range'])}{match['sp2']}"
         if match["colon"]:
             step = match["step"]
             scaled_step = (
-                format_duration(_shrink(parse_duration(step), factor, scrape_ms)) if step else ""
+                format_prometheus(_shrink(parse_prometheus(step), factor, scrape_ms))
+                if step else ""
             )
             out += f":{match['sp3']}{scaled_step}{match['sp4']}"
         return out + "]"
@@ -232,13 +185,13 @@ def fast_profile(rules_yaml: str, factor: float, *, scrape_interval: str = "1s")
     where the file came from. Raises :class:`ValueError` for text that is not a rule file.
     """
     _check_factor(factor)
-    scrape_ms = parse_duration(scrape_interval)
+    scrape_ms = parse_prometheus(scrape_interval)
     document = _mapping(yaml.safe_load(rules_yaml), "rule file")
     for g, group_node in enumerate(_sequence(document.get("groups"), "groups")):
         group = _mapping(group_node, f"groups[{g}]")
         if "interval" in group:
-            interval_ms = parse_duration(str(group["interval"]))
-            group["interval"] = format_duration(_shrink(interval_ms, factor, scrape_ms))
+            interval_ms = parse_prometheus(str(group["interval"]))
+            group["interval"] = format_prometheus(_shrink(interval_ms, factor, scrape_ms))
         for r, rule_node in enumerate(_sequence(group.get("rules"), f"groups[{g}].rules")):
             rule = _mapping(rule_node, f"groups[{g}].rules[{r}]")
             expr = rule.get("expr")
@@ -248,7 +201,7 @@ def fast_profile(rules_yaml: str, factor: float, *, scrape_interval: str = "1s")
             if "for" in rule:
                 rule["for"] = scale_for(str(rule["for"]), factor)
     header = (
-        f"# Fast profile generated by simulator.rules_profile (factor {factor:g}, "
+        f"# Fast profile generated by simulator.drills.profile (factor {factor:g}, "
         f"scrape interval {scrape_interval}) from the shipped rules. Do not edit.\n"
     )
     return _dump(document, header)
@@ -262,8 +215,8 @@ def _dump(document: Any, header: str) -> str:
 def _scale_route(route: dict[str, Any], factor: float, where: str) -> None:
     for key in ALERTMANAGER_TIMING_DEFAULTS:
         if key in route:
-            ms = parse_duration(str(route[key]))
-            route[key] = format_duration(_shrink(ms, factor, MIN_NOTIFY_MS))
+            ms = parse_prometheus(str(route[key]))
+            route[key] = format_prometheus(_shrink(ms, factor, MIN_NOTIFY_MS))
     for i, child in enumerate(_sequence(route.get("routes", []), f"{where}.routes")):
         _scale_route(_mapping(child, f"{where}.routes[{i}]"), factor, f"{where}.routes[{i}]")
 
@@ -301,7 +254,7 @@ def fast_alertmanager_config(config_yaml: str, factor: float, *,
                 hook["url"] = urllib.parse.urlunsplit(
                     (base.scheme, base.netloc, url.path, url.query, ""))
     header = (
-        f"# Fast profile generated by simulator.rules_profile (factor {factor:g}) from the "
+        f"# Fast profile generated by simulator.drills.profile (factor {factor:g}) from the "
         "shipped alertmanager.yml. Do not edit.\n"
     )
     return _dump(document, header)
@@ -317,7 +270,7 @@ def fast_prometheus_config(config_yaml: str, *, target: str, alertmanager: str,
     file globs and other jobs are copied unchanged. Raises :class:`ValueError` for text that
     is not a Prometheus config or has no job ``job``.
     """
-    if parse_duration(interval) <= 0:
+    if parse_prometheus(interval) <= 0:
         raise ValueError(f"interval must be > 0, got {interval!r}")
     document = _mapping(yaml.safe_load(config_yaml), "prometheus config")
     global_ = _mapping(document.setdefault("global", {}), "global")
@@ -338,7 +291,7 @@ def fast_prometheus_config(config_yaml: str, *, target: str, alertmanager: str,
     alerting = _mapping(document.setdefault("alerting", {}), "alerting")
     alerting["alertmanagers"] = [{"static_configs": [{"targets": [alertmanager]}]}]
     header = (
-        f"# Local profile generated by simulator.rules_profile (interval {interval}) from the "
+        f"# Local profile generated by simulator.drills.profile (interval {interval}) from the "
         "shipped prometheus.yml. Do not edit.\n"
     )
     return _dump(document, header)

@@ -1,4 +1,4 @@
-"""Fleets and shards: many runs generated from a template, and a fleet split across daemons.
+"""Fleets: many runs generated from a template with seeded variation.
 
 A ``fleet:`` block (docs/config.md) describes N runs by a template plus seeded variation:
 a learning rate and an initial value drawn per run, landscape kinds picked by weight (each with
@@ -9,9 +9,6 @@ and returns ordinary ``RunSpec`` objects named ``<prefix>-00042``.
 Every random draw of run i comes from the counter-based hash in ``simulator.rng`` keyed by
 (fleet seed, stream, i), so a run's learning rate, init and landscape do not depend on the
 fleet's size or on the numpy version, and sampling is a handful of array operations.
-
-A ``Shard`` ``INDEX/COUNT`` holds the runs whose ``stable_hash(name) % COUNT == INDEX``: the
-shards of a fleet are disjoint and their union is the fleet, whatever the names.
 """
 
 from __future__ import annotations
@@ -24,31 +21,26 @@ from typing import Any, TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
-from simulator import rng
-from simulator.config import (
-    _DEFAULTS_KEYS,
-    _LANDSCAPE_KINDS,
-    FAULT_KINDS,
+from simulator import landscapes, rng
+from simulator.config.run import DEFAULTS_KEYS, RunSpec, read_run
+from simulator.durations import parse_seconds
+from simulator.faults.catalogue import FAULT_KINDS, FAULTS, FaultSpec
+from simulator.rng import FleetStream
+from simulator.schema.fields import (
+    MAX_NAME_LENGTH,
     MAX_SEED,
-    NAME_RE,
-    Config,
-    FaultSpec,
-    LocList,
-    LocMap,
-    RunSpec,
-    _join,
-    _kind,
-    _merge,
-    _Reader,
-    _run,
-    _unit,
+    NAME_CHARS,
+    Reader,
+    describe,
     finite,
     integer,
-    parse_duration,
+    is_name,
+    join,
     positive,
     positive_duration,
+    unit,
 )
-from simulator.config import DEFAULT_DURATION as _DEFAULT_DURATION
+from simulator.schema.loader import LocList, LocMap
 
 MAX_FLEET = 1_000_000
 # Names are <prefix>-<index>, the index zero-padded to at least this many digits.
@@ -57,11 +49,6 @@ _FLEET_KEYS = ("count", "name_prefix", "seed", "template", "learning_rate", "ini
                "landscapes", "failures")
 _FAILURE_KEYS = ("fraction", "kinds", "between", "duration")
 _DISTRIBUTIONS = ("uniform", "log_uniform")
-# Independent random streams of a fleet, one per sampled quantity.
-_STREAM_VARIANT, _STREAM_LR, _STREAM_INIT = 1, 2, 3
-_STREAM_FAILING, _STREAM_FAULT_KIND, _STREAM_FAULT_AT = 4, 5, 6
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_INV_2_53 = 1.0 / float(1 << 53)
 
 T = TypeVar("T")
 
@@ -98,16 +85,6 @@ class Failures:
     duration: float | None = None
 
 
-def uniforms(seed: int, stream: int, count: int) -> NDArray[np.float64]:
-    """``count`` independent uniforms in [0, 1) for (seed, stream); entry i depends only on
-    (seed, stream, i)."""
-    key = np.uint64(rng.stable_hash(f"fleet/{seed}/{stream}"))
-    with np.errstate(over="ignore"):
-        bits = rng.mix(rng.mix(np.arange(count, dtype=np.uint64) * _GOLDEN ^ key))
-    result: NDArray[np.float64] = (bits >> np.uint64(11)).astype(np.float64) * _INV_2_53
-    return result
-
-
 def fleet_names(prefix: str, count: int) -> list[str]:
     """``prefix-00000`` .. ``prefix-<count-1>``, zero-padded to a common width."""
     width = max(MIN_INDEX_DIGITS, len(str(count - 1)))
@@ -126,11 +103,11 @@ def _clone(proto: T, changes: dict[str, Any]) -> T:
 # --------------------------------------------------------------------------- reading
 
 
-def _sampler(r: _Reader, m: LocMap, path: str, key: str, positive_only: bool,
+def _sampler(r: Reader, m: LocMap, path: str, key: str, positive_only: bool,
              ) -> Sampler | None:
     if key not in m:
         return None
-    value, line, kpath = m[key], m.lines[key], _join(path, key)
+    value, line, kpath = m[key], m.lines[key], join(path, key)
     check = positive if positive_only else finite
     if not isinstance(value, LocMap):
         try:
@@ -145,9 +122,9 @@ def _sampler(r: _Reader, m: LocMap, path: str, key: str, positive_only: bool,
         return None
     dist = next(iter(value))
     bounds, bline = value[dist], value.lines[dist]
-    bpath = _join(kpath, dist)
+    bpath = join(kpath, dist)
     if not isinstance(bounds, LocList) or len(bounds) != 2:
-        r.error(bline, bpath, f"must be a list [lo, hi], got {_kind(bounds)}")
+        r.error(bline, bpath, f"must be a list [lo, hi], got {describe(bounds)}")
         return None
     try:
         lo, hi = (positive(b) if dist == "log_uniform" else check(b) for b in bounds)
@@ -160,20 +137,20 @@ def _sampler(r: _Reader, m: LocMap, path: str, key: str, positive_only: bool,
     return Sampler(dist, lo, hi)
 
 
-def _failures(r: _Reader, value: Any, line: int, path: str) -> Failures | None:
+def _failures(r: Reader, value: Any, line: int, path: str) -> Failures | None:
     m = r.mapping(value, line, path)
     if m is None:
         return None
     before = len(r.issues)
     r.unknown_keys(m, path, _FAILURE_KEYS)
-    fraction = r.take(m, path, "fraction", _unit, 0.0, required=True)
+    fraction = r.take(m, path, "fraction", unit, 0.0, required=True)
     kinds: tuple[str, ...] = ()
     raw = m.get("kinds")
     if "kinds" not in m:
-        r.error(m.line, _join(path, "kinds"), "required key is missing")
+        r.error(m.line, join(path, "kinds"), "required key is missing")
     elif not isinstance(raw, LocList) or not raw:
-        r.error(m.lines["kinds"], _join(path, "kinds"),
-                f"must be a non-empty list of fault kinds, got {_kind(raw)}")
+        r.error(m.lines["kinds"], join(path, "kinds"),
+                f"must be a non-empty list of fault kinds, got {describe(raw)}")
     else:
         for i, k in enumerate(raw):
             if k not in FAULT_KINDS:
@@ -183,18 +160,18 @@ def _failures(r: _Reader, value: Any, line: int, path: str) -> Failures | None:
     window = m.get("between")
     earliest = latest = 0.0
     if "between" not in m:
-        r.error(m.line, _join(path, "between"), "required key is missing")
+        r.error(m.line, join(path, "between"), "required key is missing")
     elif not isinstance(window, LocList) or len(window) != 2:
-        r.error(m.lines["between"], _join(path, "between"),
-                f"must be a list of two durations [earliest, latest], got {_kind(window)}")
+        r.error(m.lines["between"], join(path, "between"),
+                f"must be a list of two durations [earliest, latest], got {describe(window)}")
     else:
         try:
-            earliest, latest = (parse_duration(w) for w in window)
+            earliest, latest = (parse_seconds(w) for w in window)
             if earliest < 0 or earliest > latest:
                 raise ValueError(f"must satisfy 0 <= earliest <= latest, got "
                                  f"[{earliest:g}s, {latest:g}s]")
         except ValueError as exc:
-            r.error(m.lines["between"], _join(path, "between"), str(exc))
+            r.error(m.lines["between"], join(path, "between"), str(exc))
 
     duration = r.take(m, path, "duration", positive_duration, None)
     if len(r.issues) != before:
@@ -202,7 +179,7 @@ def _failures(r: _Reader, value: Any, line: int, path: str) -> Failures | None:
     return Failures(fraction, kinds, earliest, latest, duration)
 
 
-def _variants(r: _Reader, value: Any, line: int) -> list[tuple[str, float, LocMap]]:
+def _variants(r: Reader, value: Any, line: int) -> list[tuple[str, float, LocMap]]:
     """(kind, weight, sub-template) for each entry of ``fleet.landscapes``."""
     path = "fleet.landscapes"
     m = r.mapping(value, line, path)
@@ -213,16 +190,15 @@ def _variants(r: _Reader, value: Any, line: int) -> list[tuple[str, float, LocMa
         return []
     out = []
     for kind, entry in m.items():
-        kpath = _join(path, str(kind))
+        kpath = join(path, str(kind))
         kline = m.lines[kind]
-        if kind not in _LANDSCAPE_KINDS:
+        if kind not in landscapes.KINDS.names:
             r.error(kline, kpath, f"unknown landscape kind {kind!r} (expected one of: "
-                                  f"{', '.join(_LANDSCAPE_KINDS)})")
+                                  f"{', '.join(landscapes.KINDS.names)})")
             continue
-        sub = LocMap()
-        sub.line, sub.lines = kline, {}
+        sub = LocMap.at(kline)
         if isinstance(entry, LocMap):
-            r.unknown_keys(entry, kpath, ("weight", *_DEFAULTS_KEYS))
+            r.unknown_keys(entry, kpath, ("weight", *DEFAULTS_KEYS))
             weight = r.take(entry, kpath, "weight", positive, 0.0, required=True)
             for key, v in entry.items():
                 if key != "weight":
@@ -234,31 +210,27 @@ def _variants(r: _Reader, value: Any, line: int) -> list[tuple[str, float, LocMa
             except ValueError as exc:
                 r.error(kline, kpath, f"{exc} (a weight, or a mapping with weight and run keys)")
                 continue
-        land = sub.get("landscape", LocMap())
+        land = sub.get("landscape", LocMap.at(kline))
         if not isinstance(land, LocMap):
-            r.error(sub.lines["landscape"], _join(kpath, "landscape"),
-                    f"must be a mapping, got {_kind(land)}")
+            r.error(sub.lines["landscape"], join(kpath, "landscape"),
+                    f"must be a mapping, got {describe(land)}")
             continue
         if land.get("kind", kind) != kind:
-            r.error(land.lines["kind"], _join(kpath, "landscape.kind"),
+            r.error(land.lines["kind"], join(kpath, "landscape.kind"),
                     f"must be {kind!r} (the key it is listed under) or left out")
             continue
-        typed = LocMap({"kind": kind, **land})
-        typed.line = getattr(land, "line", kline)
-        typed.lines = {"kind": kline, **getattr(land, "lines", {})}
+        typed = LocMap.at(land.line, {"kind": (kind, kline),
+                                      **{k: (v, land.lines[k]) for k, v in land.items()}})
         sub["landscape"] = typed
         sub.lines["landscape"] = sub.lines.get("landscape", kline)
         out.append((str(kind), weight, sub))
     return out
 
 
-def _prototype(r: _Reader, base: LocMap, sub: LocMap | None, path: str, name: str,
+def _prototype(r: Reader, base: LocMap, sub: LocMap | None, path: str, name: str,
                seed: int, lr: Sampler | None, init: Sampler | None) -> RunSpec | None:
     """Validate one variant (defaults, template, sub-template) as a run named ``name``."""
-    if sub is None:
-        sub = LocMap()
-        sub.line, sub.lines = base.line, {}
-    merged = _merge(base, sub)
+    merged = (sub if sub is not None else LocMap.at(base.line)).merged_over(base)
     for key, value in (("name", name), ("seed", seed)):
         if key not in merged:
             merged[key] = value
@@ -267,17 +239,16 @@ def _prototype(r: _Reader, base: LocMap, sub: LocMap | None, path: str, name: st
         merged["init"] = 0.0  # replaced per run; the template's own init is overridden
         merged.lines["init"] = merged.line
     if lr is not None:
-        opt = merged.get("optimizer", LocMap())
+        opt = merged.get("optimizer", LocMap.at(merged.line))
         if isinstance(opt, LocMap) and "learning_rate" not in opt:
-            filled = LocMap({**opt, "learning_rate": lr.lo})
-            filled.line = getattr(opt, "line", merged.line)
-            filled.lines = {**getattr(opt, "lines", {}), "learning_rate": filled.line}
+            filled = LocMap.at(opt.line, {**{k: (v, opt.lines[k]) for k, v in opt.items()},
+                                          "learning_rate": (lr.lo, opt.line)})
             merged["optimizer"] = filled
             merged.lines.setdefault("optimizer", merged.line)
-    return _run(r, merged, path)
+    return read_run(r, merged, path)
 
 
-def read_fleet(r: _Reader, value: Any, line: int, defaults: LocMap) -> tuple[RunSpec, ...]:
+def read_fleet(r: Reader, value: Any, line: int, defaults: LocMap) -> tuple[RunSpec, ...]:
     """Validate a ``fleet:`` block and generate its runs (``()`` after recording mistakes)."""
     path = "fleet"
     m = r.mapping(value, line, path)
@@ -290,11 +261,10 @@ def read_fleet(r: _Reader, value: Any, line: int, defaults: LocMap) -> tuple[Run
     seed = r.take(m, path, "seed", integer(0, MAX_SEED), 0)
     lr = _sampler(r, m, path, "learning_rate", positive_only=True)
     init = _sampler(r, m, path, "init", positive_only=False)
-    failures = (_failures(r, m["failures"], m.lines["failures"], _join(path, "failures"))
+    failures = (_failures(r, m["failures"], m.lines["failures"], join(path, "failures"))
                 if "failures" in m else None)
-    template = r.section(m, "template", "fleet.template", _DEFAULTS_KEYS)
-    base = _merge(defaults, template)
-    base.line = template.line
+    template = r.section(m, "template", "fleet.template", DEFAULTS_KEYS)
+    base = template.merged_over(defaults)
     variants = _variants(r, m["landscapes"], m.lines["landscapes"]) \
         if "landscapes" in m else []
     if variants and "landscape" in template:
@@ -303,13 +273,13 @@ def read_fleet(r: _Reader, value: Any, line: int, defaults: LocMap) -> tuple[Run
     if len(r.issues) != before:
         return ()
     # Each variant is validated once; a mistake in the template shows once, not per variant.
-    scratch = _Reader(r.source)
+    scratch = Reader(r.source)
     name = fleet_names(prefix, count)[0]
     protos = [_prototype(scratch, base, sub, f"fleet.landscapes.{kind}", name, seed, lr, init)
               for kind, _, sub in variants] or [
         _prototype(scratch, base, None, "fleet.template", name, seed, lr, init)]
     # A mistake written in the template is named by its path there, not the first variant's.
-    alone = _Reader(r.source)
+    alone = Reader(r.source)
     if variants:
         _prototype(alone, base, None, "fleet.template", name, seed, lr, init)
     template_path = {(i.line, i.message): i.path for i in alone.issues}
@@ -330,16 +300,41 @@ def _prefix(count: int) -> Any:
     width = max(MIN_INDEX_DIGITS, len(str(count - 1)))
 
     def convert(value: Any) -> str:
-        if not isinstance(value, str) or not NAME_RE.match(value):
-            raise ValueError(f"must match [a-zA-Z0-9_.-]+, got {_kind(value)}")
-        if len(value) + 1 + width > 128:
-            raise ValueError(f"must be at most {127 - width} characters (run names are at "
-                             "most 128)")
-        return value
+        if not is_name(value):
+            raise ValueError(f"must match {NAME_CHARS}, got {describe(value)}")
+        if len(value) + 1 + width > MAX_NAME_LENGTH:
+            raise ValueError(f"must be at most {MAX_NAME_LENGTH - 1 - width} characters (run "
+                             f"names are at most {MAX_NAME_LENGTH})")
+        return str(value)
     return convert
 
 
 # --------------------------------------------------------------------------- generating
+
+
+def _faults(failures: Failures | None, seed: int, count: int) -> dict[int, FaultSpec]:
+    """The one fault of each failing run, by run index."""
+    if failures is None or failures.fraction <= 0:
+        return {}
+    k = round(failures.fraction * count)
+    # The k runs with the smallest draw fail: exactly round(fraction * count) of them.
+    failing = np.argsort(rng.uniforms(seed, FleetStream.FAILING, count), kind="stable")[:k]
+    kind_of = np.minimum((rng.uniforms(seed, FleetStream.FAULT_KIND, count)[failing]
+                          * len(failures.kinds)).astype(np.int64), len(failures.kinds) - 1)
+    at = (failures.earliest + rng.uniforms(seed, FleetStream.FAULT_AT, count)[failing]
+          * (failures.latest - failures.earliest))
+    out = {}
+    for i, kk, t in zip(failing.tolist(), kind_of.tolist(), at.tolist(), strict=True):
+        kind = failures.kinds[kk]
+        duration = failures.duration if failures.duration is not None else \
+            FAULTS[kind].default_duration
+        out[i] = FaultSpec(kind=kind, at=round(t, 3), duration=duration)
+    return out
+
+
+def _draw(sampler: Sampler | None, seed: int, stream: FleetStream,
+          count: int) -> list[float] | None:
+    return sampler.draw(rng.uniforms(seed, stream, count)).tolist() if sampler else None
 
 
 def generate(protos: list[RunSpec], weights: list[float], count: int, prefix: str, seed: int,
@@ -349,24 +344,12 @@ def generate(protos: list[RunSpec], weights: list[float], count: int, prefix: st
     sampled learning rate and init, and possibly one fault."""
     names = fleet_names(prefix, count)
     cum = np.cumsum(np.asarray(weights, dtype=np.float64))
-    variant = np.minimum(np.searchsorted(cum / cum[-1], uniforms(seed, _STREAM_VARIANT, count),
+    variant = np.minimum(np.searchsorted(cum / cum[-1],
+                                         rng.uniforms(seed, FleetStream.VARIANT, count),
                                          side="right"), len(protos) - 1).tolist()
-    rates = lr.draw(uniforms(seed, _STREAM_LR, count)).tolist() if lr is not None else None
-    inits = init.draw(uniforms(seed, _STREAM_INIT, count)).tolist() if init is not None else None
-    extra: dict[int, FaultSpec] = {}
-    if failures is not None and failures.fraction > 0:
-        k = round(failures.fraction * count)
-        # The k runs with the smallest draw fail: exactly round(fraction * count) of them.
-        failing = np.argsort(uniforms(seed, _STREAM_FAILING, count), kind="stable")[:k]
-        kind_of = np.minimum((uniforms(seed, _STREAM_FAULT_KIND, count)[failing]
-                              * len(failures.kinds)).astype(np.int64), len(failures.kinds) - 1)
-        at = (failures.earliest + uniforms(seed, _STREAM_FAULT_AT, count)[failing]
-              * (failures.latest - failures.earliest))
-        for i, kk, t in zip(failing.tolist(), kind_of.tolist(), at.tolist(), strict=True):
-            kind = failures.kinds[kk]
-            duration = failures.duration if failures.duration is not None else \
-                _DEFAULT_DURATION.get(kind, math.inf)
-            extra[i] = FaultSpec(kind=kind, at=round(t, 3), duration=duration)
+    rates = _draw(lr, seed, FleetStream.LEARNING_RATE, count)
+    inits = _draw(init, seed, FleetStream.INIT, count)
+    extra = _faults(failures, seed, count)
     dims = [p.dims for p in protos]
     out: list[RunSpec] = []
     append = out.append
@@ -382,45 +365,3 @@ def generate(protos: list[RunSpec], weights: list[float], count: int, prefix: st
             changes["faults"] = (*p.faults, fault)
         append(_clone(p, changes))
     return tuple(out)
-
-
-# --------------------------------------------------------------------------- shards
-
-
-@dataclass(frozen=True)
-class Shard:
-    """Shard ``index`` of ``count``: the runs whose stable name hash is ``index`` mod
-    ``count``."""
-
-    index: int
-    count: int
-
-    def __str__(self) -> str:
-        return f"{self.index}/{self.count}"
-
-    def holds(self, name: str) -> bool:
-        """Whether the run named ``name`` belongs to this shard."""
-        return rng.stable_hash(name) % self.count == self.index
-
-
-MAX_SHARDS = 100_000
-
-
-def parse_shard(text: str) -> Shard:
-    """``INDEX/COUNT`` with 0 <= INDEX < COUNT; ValueError with a one-line reason otherwise."""
-    index, sep, count = text.partition("/")
-    try:
-        i, n = int(index), int(count)
-    except ValueError:
-        i = n = -1
-    if not sep or n < 1 or n > MAX_SHARDS or not 0 <= i < n:
-        raise ValueError(f"must be INDEX/COUNT with 0 <= INDEX < COUNT <= {MAX_SHARDS}, "
-                         f"e.g. 0/3, got {text!r}")
-    return Shard(i, n)
-
-
-def shard_config(config: Config, shard: Shard | None) -> Config:
-    """The part of ``config`` that ``shard`` holds (the whole config for None)."""
-    if shard is None or shard.count == 1:
-        return config
-    return dataclasses.replace(config, runs=tuple(s for s in config.runs if shard.holds(s.name)))

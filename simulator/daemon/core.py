@@ -1,4 +1,5 @@
-"""The daemon: wires config, engine, collector and clock together. The only place with a clock.
+"""The daemon: wires config, engine, exposition and clock together. The only place with a
+clock.
 
 ``Daemon.tick()`` reads the clock, advances the engine, logs what changed and swaps in a new
 snapshot. Scrapes read the current snapshot and never advance anything. Tests may pass their
@@ -16,14 +17,15 @@ from typing import Any
 
 import numpy as np
 import structlog
-from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
-from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+from prometheus_client import CollectorRegistry, ProcessCollector
 
-from simulator.collector import DaemonMetrics, Renderer, series_count
-from simulator.config import FAULT_PARAMS, Config, FaultSpec, LocMap, _Reader, fault_spec
+from simulator.collector import DaemonMetrics
+from simulator.config import Config
 from simulator.engine import ALERTS, STATES, Engine, Events, Snapshot
-from simulator.faults import FaultRecord
-from simulator.server import gzip_bytes
+from simulator.exposition import Exposition, series_count
+from simulator.faults.catalogue import FaultSpec
+from simulator.faults.timeline import FaultRecord
+from simulator.web.api import NotFoundError
 
 # The loop never sleeps longer than this, so signals and reloads are handled promptly.
 MAX_TICK_SECONDS = 0.25
@@ -35,17 +37,6 @@ _EVENT_FOR_STATE = {"running": "run_recovered", "converged": "run_converged",
                     "finished": "run_finished"}
 
 
-class ControlError(Exception):
-    """A control request that cannot be applied: HTTP status, message, offending field."""
-
-    def __init__(self, status: int, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.field = field
-
-
-_API_FAULT_KEYS = ("kind", "duration", "steps", "params")
 _NO_EVENTS = Events()
 
 
@@ -71,11 +62,9 @@ class Daemon:
         ProcessCollector(registry=self.registry)
         self.metrics.reload_ok.set(1)
         self.metrics.reload_time.set(self._wall0)
-        self._renderer = Renderer()
-        self._render_lock = threading.Lock()
+        self._exposition = Exposition(self.registry)
         # Serializes everything that touches the engine: ticks, reloads, control requests.
         self._engine_lock = threading.RLock()
-        self._cache: dict[tuple[bool, bool], tuple[int, bytes]] = {}
         self._generation = 0
         # The health registry's sample count is fixed once its metrics exist.
         self._own_series = sum(len(m.samples) for m in self.registry.collect())
@@ -95,11 +84,12 @@ class Daemon:
         generation, so scrapes keep hitting the rendered cache)."""
         with self._engine_lock:
             e = self.engine
-            steps, stepped_at, mods = e.step.copy(), e.last_step_time.copy(), e.mods
+            steps, stepped_at, mods = e.runs.step.copy(), e.runs.last_step_time.copy(), e.mods
             events = e.advance(self.sim_now())
             self._log_events(events)
-            if (events != _NO_EVENTS or e.mods is not mods or not np.array_equal(e.step, steps)
-                    or not np.array_equal(e.last_step_time, stepped_at)):
+            if (events != _NO_EVENTS or e.mods is not mods
+                    or not np.array_equal(e.runs.step, steps)
+                    or not np.array_equal(e.runs.last_step_time, stepped_at)):
                 self.snapshot = self._publish()
         return events
 
@@ -181,25 +171,7 @@ class Daemon:
 
     def exposition(self, openmetrics: bool, gzipped: bool) -> bytes:
         """The /metrics body for the current snapshot, rendered at most once per snapshot."""
-        snap = self.snapshot
-        key = (openmetrics, gzipped)
-        hit = self._cache.get(key)
-        if hit is not None and hit[0] == snap.generation:
-            return hit[1]
-        with self._render_lock:
-            hit = self._cache.get(key)
-            if hit is not None and hit[0] == snap.generation:
-                return hit[1]
-            if openmetrics:
-                own = generate_openmetrics(self.registry).decode()
-                own = own.removesuffix("# EOF\n")
-                body = (own + self._renderer.render(snap, True) + "# EOF\n").encode()
-            else:
-                body = generate_latest(self.registry) + self._renderer.render(snap).encode()
-            if gzipped:
-                body = gzip_bytes(body)
-            self._cache[key] = (snap.generation, body)
-            return bytes(body)
+        return self._exposition.body(self.snapshot, openmetrics, gzipped)
 
     def runs_table(self) -> list[dict[str, Any]]:
         """One row per run: name, state, step, loss, active alerts."""
@@ -216,53 +188,23 @@ class Daemon:
         """Bring the engine to now, run a change under the lock, publish the result."""
         with self._engine_lock:
             if run not in self.engine.row_of:
-                raise ControlError(404, f"unknown run {run!r}")
+                raise NotFoundError(f"unknown run {run!r}")
             self._log_events(self.engine.advance(self.sim_now()))
             yield
             self._log_events(self.engine.advance(self.engine.now))
             self.snapshot = self._publish()
 
-    def inject(self, run: str, body: Any) -> dict[str, Any]:
-        """Inject a fault now from an API body ``{kind, duration|steps, params}``."""
-        spec = self._fault_from_body(run, body)
+    def step_interval(self, run: str) -> float | None:
+        """The run's seconds per step (None for an unknown run)."""
+        with self._engine_lock:
+            row = self.engine.row_of.get(run)
+            return None if row is None else self.engine.specs[row].step_interval
+
+    def inject(self, run: str, spec: FaultSpec) -> dict[str, Any]:
+        """Inject a fault now."""
         with self._control(run):
             rec = self.engine.inject(run, spec)
         return _fault_view(rec, self.engine.now)
-
-    def _fault_from_body(self, run: str, body: Any) -> FaultSpec:
-        if not isinstance(body, dict):
-            raise ControlError(400, "body must be a JSON object")
-        for key in body:
-            if key not in _API_FAULT_KEYS:
-                raise ControlError(422, f"unknown field (expected one of: "
-                                   f"{', '.join(_API_FAULT_KEYS)})", str(key))
-        # fault_spec looks the kind up in a dict: a list or object there must not reach it.
-        if not isinstance(body.get("kind", ""), str):
-            raise ControlError(422, "must be a string", "kind")
-        params = body.get("params", {})
-        if not isinstance(params, dict):
-            raise ControlError(422, "must be an object", "params")
-        kind = body.get("kind")
-        flat = LocMap({k: v for k, v in body.items() if k != "params"})
-        for key, value in params.items():
-            if kind in FAULT_PARAMS and key not in FAULT_PARAMS[kind]:
-                expected = ", ".join(FAULT_PARAMS[kind]) or "none, it takes no parameters"
-                raise ControlError(422, f"not a parameter of fault kind {kind} (expected: "
-                                   f"{expected})", f"params.{key}")
-            if key in flat or key in ("at", "at_step"):  # with an unknown kind
-                raise ControlError(422, "not a parameter of this fault kind", f"params.{key}")
-            flat[key] = value
-        flat.line, flat.lines = 0, dict.fromkeys(flat, 0)
-        reader = _Reader("<request>")
-        interval = self.engine.specs[self.engine.row_of[run]].step_interval \
-            if run in self.engine.row_of else 1.0
-        spec = fault_spec(reader, flat, 0, "", interval, at_default=0.0)
-        if spec is None:
-            issue = reader.issues[0]
-            field = issue.path if issue.path in ("kind", "duration", "steps") or not issue.path \
-                else f"params.{issue.path}"
-            raise ControlError(422, issue.message, field or None)
-        return spec
 
     def clear(self, run: str, fault_id: str) -> dict[str, Any]:
         """End an injected or scheduled fault of ``run`` now."""
@@ -270,7 +212,7 @@ class Daemon:
             try:
                 rec = self.engine.clear(run, fault_id)
             except KeyError:
-                raise ControlError(404, f"run {run!r} has no fault {fault_id!r}") from None
+                raise NotFoundError(f"run {run!r} has no fault {fault_id!r}") from None
         return _fault_view(rec, self.engine.now)
 
     def pause(self, run: str) -> dict[str, Any]:
@@ -297,7 +239,7 @@ class Daemon:
         """One run as the API shows it."""
         with self._engine_lock:
             if run not in self.engine.row_of:
-                raise ControlError(404, f"unknown run {run!r}")
+                raise NotFoundError(f"unknown run {run!r}")
             return self._run_view(self.engine.row_of[run])
 
     def runs_view(self) -> list[dict[str, Any]]:
@@ -308,20 +250,20 @@ class Daemon:
             return [self._run_view(i) for i in rows]
 
     def _run_view(self, i: int) -> dict[str, Any]:
-        e, s = self.engine, self.snapshot
+        e, r, s = self.engine, self.engine.runs, self.snapshot
         name = e.names[i]
         return {
             "run": name,
-            "state": STATES[e.state[i]],
-            "step": int(e.step[i]),
+            "state": STATES[r.state[i]],
+            "step": int(r.step[i]),
             "loss": _finite_or_none(float(s.loss[i])) if i < len(s) else None,
-            "gradient_norm": _finite_or_none(float(e.grad_norm[i])),
-            "learning_rate": float(e.lr[i]),
-            "restarts": int(e.restarts[i]),
-            "paused": bool(e.paused[i]),
+            "gradient_norm": _finite_or_none(float(r.grad_norm[i])),
+            "learning_rate": float(r.lr[i]),
+            "restarts": int(r.restarts[i]),
+            "paused": bool(r.paused[i]),
             "present": bool(~e.mods.absent[i]),
-            "alerts": [a for a, on in zip(ALERTS, (e.diverged[i], e.stalled[i],
-                                                    e.oscillating[i]), strict=True) if on],
+            "alerts": [a for a, on in zip(ALERTS, (r.diverged[i], r.stalled[i],
+                                                    r.oscillating[i]), strict=True) if on],
             "faults": [_fault_view(r, e.now) for r in e.active_faults(name)],
         }
 
@@ -339,5 +281,5 @@ def _fault_view(rec: FaultRecord, now: float) -> dict[str, Any]:
         "active": rec.start <= now < rec.end,
         "duration_seconds": _finite_or_none(rec.spec.duration),
         "remaining_seconds": _finite_or_none(max(0.0, rec.end - now)),
-        "params": {**FAULT_PARAMS[rec.kind], **dict(rec.spec.params)},
+        "params": rec.spec.all_params(),
     }

@@ -1,0 +1,137 @@
+"""One run: its keys, and the validated, immutable ``RunSpec`` read from them.
+
+The keys of the landscape, optimizer and schedule mappings belong to their kinds
+(``simulator.landscapes``, ``simulator.optimizers``, ``simulator.schedules``), those of
+``detect`` to ``simulator.detectors`` and those of a fault to ``simulator.faults.catalogue``;
+this module reads a run's own keys and hands the rest to them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from simulator import landscapes, optimizers, schedules
+from simulator.detectors import Detection
+from simulator.faults.catalogue import FaultSpec, read_fault
+from simulator.landscapes import LandscapeSpec, Quadratic
+from simulator.optimizers import OptimizerSpec
+from simulator.schedules import Constant, Schedule
+from simulator.schema.fields import (
+    MAX_DIMS,
+    MAX_SEED,
+    MAX_STEPS,
+    Reader,
+    boolean,
+    describe,
+    finite,
+    integer,
+    interval,
+    join,
+    name,
+    non_negative,
+    positive,
+)
+from simulator.schema.loader import LocList, LocMap
+
+RUN_KEYS = ("name", "landscape", "init", "optimizer", "steps", "step_interval", "loop", "seed",
+            "detect", "faults", "schedule", "clip_grad_norm", "gradient_noise", "loss_noise")
+# What ``defaults:`` and a fleet's templates may set: every run key but the name.
+DEFAULTS_KEYS = tuple(k for k in RUN_KEYS if k != "name")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One simulated training run, fully resolved (defaults merged)."""
+
+    name: str
+    landscape: LandscapeSpec
+    init: tuple[float, ...]
+    optimizer: OptimizerSpec
+    steps: int
+    step_interval: float
+    loop: bool
+    seed: int
+    detect: Detection
+    faults: tuple[FaultSpec, ...] = ()
+    schedule: Schedule = field(default_factory=Constant)
+    clip_grad_norm: float | None = None
+    gradient_noise: float = 0.0
+    loss_noise: float = 0.0
+
+    @property
+    def dims(self) -> int:
+        """Number of parameters of the run."""
+        return len(self.init)
+
+
+def _init(value: Any) -> float | tuple[float, ...]:
+    if isinstance(value, LocList):
+        if len(value) > MAX_DIMS:
+            raise ValueError(f"must have at most {MAX_DIMS} entries, got {len(value)}")
+        return tuple(finite(v) for v in value)
+    return finite(value)
+
+
+def _faults(r: Reader, value: Any, line: int, path: str,
+            step_interval: float) -> tuple[FaultSpec, ...]:
+    if not isinstance(value, LocList):
+        r.error(line, path, f"must be a list, got {describe(value)}")
+        return ()
+    out = []
+    for i, item in enumerate(value):
+        spec = read_fault(r, item, value.lines[i], f"{path}[{i}]", step_interval)
+        if spec is not None:
+            out.append(spec)
+    return tuple(out)
+
+
+def _at(m: LocMap, path: str, key: str) -> tuple[Any, int, str]:
+    """The value, line and path of ``m[key]``."""
+    return m[key], m.lines[key], join(path, key)
+
+
+def read_run(r: Reader, m: LocMap, path: str) -> RunSpec | None:
+    """Validate one run mapping (defaults already merged); ``None`` after recording its
+    mistakes."""
+    before = len(r.issues)
+    r.unknown_keys(m, path, RUN_KEYS)
+    run_name = r.take(m, path, "name", name, "", required=True)
+    landscape = (landscapes.KINDS.read(r, *_at(m, path, "landscape"))
+                 if "landscape" in m else Quadratic())
+    if "optimizer" in m:
+        optimizer = optimizers.KINDS.read(r, *_at(m, path, "optimizer"))
+    else:
+        r.error(m.line, join(path, "optimizer"), "required key is missing")
+        optimizer = optimizers.KINDS.fallback()
+    detect = Detection.read_mapping(r, *_at(m, path, "detect")) if "detect" in m else Detection()
+    step_interval = r.take(m, path, "step_interval", interval, 1.0)
+    faults = _faults(r, *_at(m, path, "faults"), step_interval) if "faults" in m else ()
+    steps = r.take(m, path, "steps", integer(1, MAX_STEPS), 100)
+    schedule = (schedules.KINDS.read(r, *_at(m, path, "schedule"), extra=("warmup",),
+                                     steps=steps)
+                if "schedule" in m else Constant())
+    init = r.take(m, path, "init", _init, 0.0)
+    dims = landscape.dims
+    if isinstance(init, tuple) and len(init) != dims:
+        plural = "" if dims == 1 else "s"
+        r.error(m.lines["init"], join(path, "init"),
+                f"the {landscape.kind} landscape has {dims} parameter{plural}, "
+                f"got a list of {len(init)}")
+    spec = RunSpec(
+        name=run_name,
+        landscape=landscape,
+        init=init if isinstance(init, tuple) else (init,) * dims,
+        optimizer=optimizer,
+        steps=steps,
+        step_interval=step_interval,
+        loop=r.take(m, path, "loop", boolean, False),
+        seed=r.take(m, path, "seed", integer(0, MAX_SEED), 0),
+        detect=detect,
+        faults=faults,
+        schedule=schedule,
+        clip_grad_norm=r.take(m, path, "clip_grad_norm", positive, None),
+        gradient_noise=r.take(m, path, "gradient_noise", non_negative, 0.0),
+        loss_noise=r.take(m, path, "loss_noise", non_negative, 0.0),
+    )
+    return spec if len(r.issues) == before else None

@@ -1,0 +1,289 @@
+"""Running a drill: start (or reach) the stack, inject on the timeline, watch the alerting.
+
+``run_drill`` is the shell around the pure parts (``simulator.drills.file``,
+``simulator.drills.scoring``): self-contained, it starts Alertmanager, Prometheus (the rules
+in the fast profile) and a daemon on loopback from the shipped configs; against a running
+stack it talks to the URLs it is given. Either way it injects each fault through the control
+API at its run time, polls Prometheus' alerts, hears Alertmanager's notifications on its own
+webhook receiver, and scores.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import yaml
+
+from simulator import resources
+from simulator.drills import stack
+from simulator.drills.file import Drill, load_drill
+from simulator.drills.profile import (
+    fast_alertmanager_config,
+    fast_profile,
+    fast_prometheus_config,
+)
+from simulator.drills.report import render_json, render_junit, render_table
+from simulator.drills.scoring import WAITING, Observations, Scorecard, evaluate
+from simulator.schema.errors import UsageError
+from simulator.web import client
+from simulator.web.client import Client, ClientError
+from simulator.web.webhook import Notification, WebhookReceiver
+
+POLL_SECONDS = 0.25
+
+
+def _rule_files(rules_dir: Path | None) -> list[tuple[str, str]]:
+    """(name, text) of each rule file to drill: ``rules_dir``'s, or the shipped ones."""
+    if rules_dir is not None:
+        return [(f.name, f.read_text()) for f in sorted(rules_dir.glob("*.yml"))]
+    shipped = resources.shipped("prometheus", "rules")
+    return [(f.name, f.read_text(encoding="utf-8"))
+            for f in sorted(shipped.iterdir(), key=lambda f: f.name) if f.name.endswith(".yml")]
+
+
+class DrillError(Exception):
+    """The drill could not run (a server unreachable or failing to start): not a verdict."""
+
+
+@dataclass
+class Endpoints:
+    """The servers a drill talks to."""
+
+    daemon: str
+    prometheus: str
+    alertmanager: str | None
+    token: str | None = None
+    # Self-contained: what the servers said, for the error message when one dies.
+    diagnose: Callable[[], str] | None = field(default=None, repr=False)
+
+
+def _strip_faults(config: Path, target: Path) -> None:
+    """Write ``config`` without its scheduled faults (the drill injects them)."""
+    doc = yaml.safe_load(config.read_text())
+    for run in doc.get("runs", []):
+        run.pop("faults", None)
+    for key in ("defaults",):
+        if isinstance(doc.get(key), dict):
+            doc[key].pop("faults", None)
+    target.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
+@contextmanager
+def local_stack(drill: Drill, workdir: Path, webhook_url: str,
+                rules_dir: Path | None = None) -> Iterator[tuple[Endpoints, float]]:
+    """Start Alertmanager, Prometheus (fast profile of the rules) and, last, the daemon on
+    loopback; yields the endpoints and the monotonic time at which the runs started.
+
+    Every scraped series carries drill="true" (a target label), so every alert does too.
+    """
+    with ExitStack() as stack_:
+        config = workdir / "runs.yaml"
+        _strip_faults(drill.config, config)
+        am_port, daemon_port = stack.free_port(), stack.free_port()
+        am_text = fast_alertmanager_config(
+            resources.read_text("alertmanager", "alertmanager.yml"), drill.speed,
+            webhook_url=webhook_url)
+        prom_doc = yaml.safe_load(fast_prometheus_config(
+            resources.read_text("prometheus", "prometheus.yml"),
+            target=f"127.0.0.1:{daemon_port}", alertmanager=f"127.0.0.1:{am_port}"))
+        for job in prom_doc["scrape_configs"]:
+            if job.get("job_name") == "trainsim":
+                for static in job.get("static_configs", []):
+                    static.setdefault("labels", {})["drill"] = "true"
+        rules_out = workdir / "rules"
+        rules_out.mkdir(parents=True, exist_ok=True)
+        for name, text in _rule_files(rules_dir):
+            (rules_out / name).write_text(fast_profile(text, drill.speed))
+        try:
+            am = stack.start_alertmanager(workdir / "alertmanager", am_text, port=am_port)
+            stack_.callback(am.close)
+            prom = stack.start_prometheus(workdir / "prometheus", yaml.safe_dump(prom_doc),
+                                          rule_files=sorted(rules_out.glob("*.yml")))
+            stack_.callback(prom.close)
+            daemon = stack.start_daemon(
+                workdir, config=config, speed=drill.speed,
+                extra_args=("--web.listen-address", f"127.0.0.1:{daemon_port}"))
+            stack_.callback(daemon.close)
+        except (stack.StartupError, stack.MissingBinaryError) as exc:
+            raise DrillError(str(exc)) from None
+        def diagnose() -> str:
+            lines = []
+            for name, proc in (("daemon", daemon), ("prometheus", prom), ("alertmanager", am)):
+                if proc.proc.poll() is not None:
+                    tail = "".join(proc.lines[-10:]).rstrip()
+                    lines.append(f"{name} exited with status {proc.proc.returncode}:\n{tail}")
+            return "\n".join(lines)
+
+        yield (Endpoints(daemon.url, prom.url, am.url, diagnose=diagnose),
+               _runs_started(daemon))
+
+
+def _runs_started(daemon: stack.DaemonProcess) -> float:
+    """The monotonic time of the daemon's run time 0, from its first log event's timestamp."""
+    from datetime import datetime
+
+    first = next(e for e in daemon.events() if e.get("event") == "run_started")
+    started = datetime.fromisoformat(str(first["timestamp"]).replace("Z", "+00:00"))
+    return time.monotonic() - max(0.0, time.time() - started.timestamp())
+
+
+def _prometheus_alerts(url: str) -> list[dict[str, Any]]:
+    try:
+        status, body = stack.http_get(f"{url}/api/v1/alerts", timeout=5)
+    except OSError as exc:
+        raise DrillError(f"Prometheus at {url} is unreachable: {exc}") from None
+    if status != 200:
+        raise DrillError(f"Prometheus at {url} answered {status} to /api/v1/alerts")
+    try:
+        return list(json.loads(body)["data"]["alerts"])
+    except (ValueError, KeyError, TypeError):
+        raise DrillError(f"{url} did not answer like Prometheus' /api/v1/alerts") from None
+
+
+def watch(drill: Drill, endpoints: Endpoints, obs: Observations, start: float,
+          progress: TextIO | None = None, clock: Callable[[], float] = time.monotonic,
+          ) -> Scorecard:
+    """Inject on the timeline and poll until every expectation is decided (or time is up)."""
+    api = Client(endpoints.daemon, endpoints.token)
+    speed = drill.speed
+    horizon = start + drill.horizon / speed + 5.0
+    pending = list(enumerate(drill.injections))
+    tty = progress is not None and progress.isatty()
+    last_line = ""
+    while True:
+        now = clock() - start
+        while pending and drill.injections[pending[0][0]].at / speed <= now:
+            i, inj = pending.pop(0)
+            duration = f"{inj.duration:g}s" if math.isfinite(inj.duration) else None
+            try:
+                api.inject(inj.run, inj.kind, duration=duration, params=dict(inj.params))
+            except ClientError as exc:
+                detail = endpoints.diagnose() if endpoints.diagnose else ""
+                raise DrillError(f"injecting {inj.kind} into {inj.run}: {exc}"
+                                 + (f"\n{detail}" if detail else "")) from None
+            obs.injected[i] = clock() - start
+        try:
+            obs.see_active(_prometheus_alerts(endpoints.prometheus), clock() - start)
+        except DrillError as exc:
+            detail = endpoints.diagnose() if endpoints.diagnose else ""
+            raise DrillError(f"{exc}\n{detail}" if detail else str(exc)) from None
+        card = evaluate(drill, obs, clock() - start)
+        if progress is not None:
+            done = sum(1 for r in card.results if r.status != WAITING)
+            line = (f"[{drill.name}] {done}/{len(card.results)} decided, "
+                    f"{len(obs.injected)}/{len(drill.injections)} injected, "
+                    f"{len(card.false_positives)} false positives")
+            if tty:  # a live line on a terminal; a line per change in a log
+                progress.write(f"\r{line}  t={now * speed:6.0f}s run time ")
+                progress.flush()
+            elif line != last_line:
+                progress.write(f"{line}  (t={now * speed:.0f}s run time)\n")
+            last_line = line
+        if (card.decided and not pending) or clock() > horizon:
+            break
+        time.sleep(POLL_SECONDS)
+    if tty:
+        progress.write("\n")  # type: ignore[union-attr]
+    return evaluate(drill, obs, clock() - start, final=True)
+
+
+def run_drill(drill: Drill, endpoints: Endpoints | None = None,
+              progress: TextIO | None = sys.stderr, webhook_port: int = 0,
+              rules_dir: Path | None = None) -> Scorecard:
+    """Run a drill: self-contained when ``endpoints`` is None, else against a running stack."""
+    obs = Observations()
+    lock = threading.Lock()
+    t0 = [time.monotonic()]
+
+    def received(notification: Notification) -> None:
+        with lock:
+            obs.see_notification(notification.payload, time.monotonic() - t0[0])
+
+    receiver = WebhookReceiver(f"127.0.0.1:{webhook_port}", on_notification=received)
+    try:
+        if endpoints is None:
+            with tempfile.TemporaryDirectory(prefix="trainsim-drill-") as tmp, \
+                    local_stack(drill, Path(tmp), receiver.url, rules_dir) as (eps, started):
+                t0[0] = started
+                return watch(drill, eps, obs, t0[0], progress)
+        if progress is not None:
+            progress.write(_receiver_hint(receiver.url))
+        t0[0] = time.monotonic()
+        return watch(drill, endpoints, obs, t0[0], progress)
+    except DrillError as exc:
+        card = evaluate(drill, obs, time.monotonic() - t0[0], final=True)
+        card.error = str(exc)
+        return card
+    finally:
+        receiver.close()
+
+
+def _receiver_hint(url: str) -> str:
+    port = urllib.parse.urlsplit(url).port
+    return (f"drill webhook receiver listening on {url}\n"
+            "route drill alerts to it in alertmanager.yml:\n"
+            "  route:\n    routes:\n      - matchers: ['drill=\"true\"']\n"
+            "        receiver: trainsim-drill-runner\n        continue: true\n"
+            "  receivers:\n    - name: trainsim-drill-runner\n      webhook_configs:\n"
+            f"        - url: http://<this host>:{port}/drill\n          send_resolved: true\n")
+
+
+@dataclass(frozen=True)
+class Options:
+    """What ``trainsim drill`` was asked to do."""
+
+    file: str
+    daemon: str | None = None
+    prometheus: str | None = None
+    alertmanager: str | None = None
+    token_file: str | None = None
+    speed: float | None = None
+    rules: str | None = None
+    webhook_port: int = 0
+    output: str = "table"
+    junit: str | None = None
+
+
+def main(o: Options, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+    """``trainsim drill``: 0 if every expectation held, 1 if one failed, 3 if the drill could
+    not run; ConfigError (the drill file) or UsageError (the options) for a mistake."""
+    drill = load_drill(o.file)
+    endpoints = None
+    if o.daemon is not None or o.prometheus is not None:
+        if o.daemon is None or o.prometheus is None:
+            raise UsageError("drill: --daemon and --prometheus go together")
+        try:
+            token = client.token(o.token_file)
+            for url in (o.daemon, o.prometheus, o.alertmanager):
+                if url is not None:
+                    client.check_url(url)
+        except (UsageError, ValueError) as exc:
+            raise UsageError(f"drill: {exc}") from None
+        endpoints = Endpoints(o.daemon, o.prometheus, o.alertmanager, token)
+        drill = dataclasses.replace(drill, speed=o.speed or 1.0)
+    elif o.speed is not None:
+        drill = dataclasses.replace(drill, speed=o.speed)
+    rules = Path(o.rules) if o.rules else None
+    if rules is not None and not sorted(rules.glob("*.yml")):
+        raise UsageError(f"drill: --rules: no *.yml files in {rules}")
+    card = run_drill(drill, endpoints, progress=err, webhook_port=o.webhook_port,
+                     rules_dir=rules)
+    out.write(render_json(card) if o.output == "json" else render_table(card))
+    if o.junit:
+        Path(o.junit).write_text(render_junit(card))
+    if card.error is not None:
+        err.write(f"trainsim: drill could not run: {card.error}\n")
+        return 3
+    return 0 if card.passed else 1

@@ -1,0 +1,80 @@
+"""What the engine hands out: immutable snapshots of every run, and the events of a tick."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from simulator.arrays import Bools, Floats
+from simulator.faults.timeline import FaultEvent
+
+STATES = ("running", "converged", "stalled", "diverged", "finished")
+RUNNING, CONVERGED, STALLED, DIVERGED, FINISHED = range(len(STATES))
+ALERTS = ("divergence", "stall", "oscillation")
+
+
+@dataclass(frozen=True)
+class Transition:
+    """A run whose state changed during one ``advance``."""
+
+    run: str
+    old: str
+    new: str
+    step: int
+    loss: float
+
+
+@dataclass(frozen=True)
+class Events:
+    """What happened during one ``advance``: state transitions, restarts, fault windows."""
+
+    transitions: tuple[Transition, ...] = ()
+    restarts: tuple[tuple[str, int], ...] = ()
+    faults_injected: tuple[FaultEvent, ...] = ()
+    faults_cleared: tuple[FaultEvent, ...] = ()
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """An immutable, self-consistent view of every run, swapped in whole after each tick.
+
+    Arrays are read-only copies in fleet row order; ``generation`` increases with every swap.
+    """
+
+    generation: int
+    names: tuple[str, ...]
+    landscapes: tuple[str, ...]
+    optimizers: tuple[str, ...]
+    schedules: tuple[str, ...]
+    loss: Floats
+    gradient_norm: Floats
+    learning_rate: Floats
+    update_norm: Floats
+    steps: Floats
+    restarts: Floats
+    last_step_timestamp: Floats
+    state: NDArray[np.int8]
+    alerts: Bools  # (n, len(ALERTS))
+    # (first row, parameter matrix) for groups small enough to export their parameters
+    parameters: tuple[tuple[int, Floats], ...]
+    present: Bools  # False while a run is crashed: its series vanish
+    # Ground truth of faults: one entry per (row, kind) the run has ever had scheduled or injected
+    fault_pairs: tuple[tuple[int, str], ...] = ()
+    fault_active: Bools = field(default_factory=lambda: np.zeros(0, np.bool_))
+    faults_injected: Floats = field(default_factory=lambda: np.zeros(0))
+    # Held-out loss of the runs that have one (logistic_regression), and their rows
+    validation_rows: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
+    validation_loss: Floats = field(default_factory=lambda: np.zeros(0))
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+def frozen(a: NDArray[Any]) -> NDArray[Any]:
+    """A read-only copy."""
+    out = np.array(a, copy=True)
+    out.setflags(write=False)
+    return out

@@ -1,0 +1,276 @@
+"""Snapshot -> the Prometheus exposition, written straight from the snapshot's arrays.
+
+``FAMILIES`` is the one description of the per-run metrics. ``Renderer`` writes them in the
+text or OpenMetrics format with label prefixes cached per fleet: prometheus_client builds one
+Python object per sample, which costs ~0.7 s for 10k runs, and the renderer needs a small
+fraction of that (docs/benchmarks.md). ``simulator.collector`` exposes the same families through
+prometheus_client, and the two are tested to produce the same bytes. ``Exposition`` is the
+scrape body: the daemon's own health registry followed by the per-run families, rendered at
+most once per snapshot and format.
+
+A scrape only reads the current immutable snapshot; it never advances the simulation.
+"""
+
+from __future__ import annotations
+
+import gzip
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+from prometheus_client.utils import floatToGoString
+
+from simulator.engine import ALERTS, STATES, Snapshot
+
+
+@dataclass(frozen=True)
+class Family:
+    """One per-run metric family: its name (without ``_total``), type, help and labels."""
+
+    name: str
+    kind: str  # "gauge" or "counter"
+    help: str
+    labels: tuple[str, ...] = ("run",)
+
+    @property
+    def sample_name(self) -> str:
+        """The name of the family's samples (counters gain ``_total``)."""
+        return self.name + "_total" if self.kind == "counter" else self.name
+
+
+# Per-run families with one sample per run, in exposition order, and the snapshot field each reads.
+SCALARS: tuple[tuple[Family, str], ...] = (
+    (Family("trainsim_loss", "gauge", "Cost J(w) at the run's current parameters."), "loss"),
+    (Family("trainsim_gradient_norm", "gauge", "Euclidean norm of the gradient of J at w."),
+     "gradient_norm"),
+    (Family("trainsim_learning_rate", "gauge", "Effective learning rate of the last step."),
+     "learning_rate"),
+    (Family("trainsim_update_norm", "gauge", "Euclidean norm of the last parameter update."),
+     "update_norm"),
+    (Family("trainsim_steps", "counter", "Optimizer steps done in the run's current attempt."),
+     "steps"),
+    (Family("trainsim_last_step_timestamp_seconds", "gauge",
+            "Unix time at which the run's last step was taken."), "last_step_timestamp"),
+    (Family("trainsim_run_restarts", "counter",
+            "Times the run was restarted (loop, API or crash)."), "restarts"),
+)
+VALIDATION_LOSS = Family("trainsim_validation_loss", "gauge",
+                         "Loss on the held-out split (logistic_regression runs only).")
+PARAMETER = Family("trainsim_parameter", "gauge",
+                   "Current value of one parameter of a run with at most 8 parameters.",
+                   ("run", "dim"))
+RUN_INFO = Family("trainsim_run_info", "gauge", "Run metadata; always 1.",
+                  ("run", "landscape", "optimizer", "schedule"))
+RUN_STATE = Family("trainsim_run_state", "gauge",
+                   "1 for the run's current state, 0 for the others.", ("run", "state"))
+ALERT_ACTIVE = Family("trainsim_alert_active", "gauge",
+                      "1 while the daemon's detector raises this alert for the run.",
+                      ("run", "alert"))
+FAULT_ACTIVE = Family("trainsim_fault_active", "gauge",
+                      "1 while a fault of this kind is injected into the run (ground truth).",
+                      ("run", "fault"))
+FAULTS_INJECTED = Family("trainsim_faults_injected", "counter",
+                         "Faults of this kind whose window began on the run.", ("run", "fault"))
+FAMILIES: tuple[Family, ...] = (
+    *(f for f, _ in SCALARS), VALIDATION_LOSS, PARAMETER, RUN_INFO, RUN_STATE, ALERT_ACTIVE,
+    FAULT_ACTIVE, FAULTS_INJECTED)
+# Families whose values are all 0 or 1: rendered from a lookup and cached while unchanged.
+_FLAGS = (RUN_INFO, RUN_STATE, ALERT_ACTIVE, FAULT_ACTIVE)
+
+_ZERO_ONE = ("0.0", "1.0")
+
+Labels = list[tuple[str, ...]]
+Rows = NDArray[np.int64]
+
+
+def layout(snap: Snapshot) -> dict[str, tuple[Labels, Rows]]:
+    """Per family, the label values of each sample and the run row each sample belongs to.
+
+    Depends only on the fleet (run names, parameter shapes, fault kinds in use).
+    """
+    names = snap.names
+    n = len(names)
+    every = np.arange(n, dtype=np.int64)
+    out: dict[str, tuple[Labels, Rows]] = {
+        fam.name: ([(nm,) for nm in names], every) for fam, _ in SCALARS}
+    labels: Labels = []
+    rows: list[int] = []
+    for first, w in snap.parameters:
+        for i in range(w.shape[0]):
+            for j in range(w.shape[1]):
+                labels.append((names[first + i], str(j)))
+                rows.append(first + i)
+    out[PARAMETER.name] = (labels, np.array(rows, dtype=np.int64))
+    out[VALIDATION_LOSS.name] = ([(names[r],) for r in snap.validation_rows.tolist()],
+                                 snap.validation_rows)
+    out[RUN_INFO.name] = (list(zip(names, snap.landscapes, snap.optimizers, snap.schedules,
+                                   strict=True)), every)
+    out[RUN_STATE.name] = ([(nm, st) for nm in names for st in STATES],
+                           np.repeat(every, len(STATES)))
+    out[ALERT_ACTIVE.name] = ([(nm, al) for nm in names for al in ALERTS],
+                              np.repeat(every, len(ALERTS)))
+    pair_labels: Labels = [(names[r], k) for r, k in snap.fault_pairs]
+    pairs = (pair_labels, np.array([r for r, _ in snap.fault_pairs], dtype=np.int64))
+    out[FAULT_ACTIVE.name] = pairs
+    out[FAULTS_INJECTED.name] = pairs
+    return out
+
+
+def sample_values(snap: Snapshot, fam: Family) -> NDArray[np.float64]:
+    """The value of every sample of ``fam``, in layout order."""
+    for f, attr in SCALARS:
+        if f is fam:
+            result: NDArray[np.float64] = getattr(snap, attr)
+            return result
+    if fam is VALIDATION_LOSS:
+        return snap.validation_loss
+    if fam is PARAMETER:
+        params: NDArray[np.float64] = np.concatenate(
+            [w.ravel() for _, w in snap.parameters] or [np.zeros(0)])
+        return params
+    if fam is RUN_INFO:
+        return np.ones(len(snap.names))
+    if fam is RUN_STATE:
+        onehot: NDArray[np.bool_] = snap.state[:, None] == np.arange(len(STATES))
+        return onehot.ravel().astype(np.float64)
+    if fam is ALERT_ACTIVE:
+        return snap.alerts.ravel().astype(np.float64)
+    if fam is FAULT_ACTIVE:
+        return snap.fault_active.astype(np.float64)
+    return snap.faults_injected
+
+
+def _label_prefix(fam: Family, values: tuple[str, ...]) -> str:
+    # Run names, kinds, states and dims are restricted to [a-zA-Z0-9_.-]: nothing to escape.
+    # prometheus_client writes labels sorted by name; so do we, to stay byte-identical.
+    pairs = sorted(zip(fam.labels, values, strict=True))
+    inner = ",".join(f'{k}="{v}"' for k, v in pairs)
+    return f"{fam.sample_name}{{{inner}}} "
+
+
+def _header(fam: Family, openmetrics: bool) -> str:
+    name = fam.name if openmetrics else fam.sample_name
+    return f"# HELP {name} {fam.help}\n# TYPE {name} {fam.kind}\n"
+
+
+class Renderer:
+    """Writes the per-run families of a snapshot in the text or OpenMetrics format.
+
+    Label prefixes depend only on the fleet, so they are built once per fleet; blocks of 0/1
+    flags are cached while their values do not change.
+    """
+
+    def __init__(self) -> None:
+        self._key: tuple[object, ...] | None = None
+        self._prefixes: dict[str, tuple[list[str], Rows]] = {}
+        self._blocks: dict[str, tuple[bytes, str]] = {}
+
+    def _layout(self, snap: Snapshot) -> dict[str, tuple[list[str], Rows]]:
+        key = (snap.names, snap.fault_pairs, tuple(w.shape for _, w in snap.parameters),
+               snap.landscapes, snap.optimizers, snap.schedules)
+        if key != self._key:
+            self._prefixes = {
+                name: ([_label_prefix(_FAMILY[name], lv) for lv in labels], rows)
+                for name, (labels, rows) in layout(snap).items()}
+            self._key = key
+            self._blocks = {}
+        return self._prefixes
+
+    def render(self, snap: Snapshot, openmetrics: bool = False) -> str:
+        """The per-run part of a scrape (no ``# EOF``), byte-identical to prometheus_client."""
+        prefixed = self._layout(snap)
+        all_present = bool(snap.present.all())
+        parts: list[str] = []
+        for fam in FAMILIES:
+            parts.append(_header(fam, openmetrics))
+            prefixes, rows = prefixed[fam.name]
+            keep = None if all_present else snap.present[rows]
+            values = sample_values(snap, fam)
+            if fam in _FLAGS:
+                key = values.tobytes() + (b"" if keep is None else keep.tobytes())
+                hit = self._blocks.get(fam.name)
+                if hit is None or hit[0] != key:
+                    text = _lines(prefixes, [_ZERO_ONE[int(v)] for v in values.tolist()], keep)
+                    hit = self._blocks[fam.name] = (key, text)
+                parts.append(hit[1])
+            else:
+                parts.append(_lines(prefixes, format_floats(values), keep))
+        return "".join(parts)
+
+
+_FAMILY = {f.name: f for f in FAMILIES}
+
+
+def format_floats(values: NDArray[np.float64]) -> list[str]:
+    """``floatToGoString`` for an array, with Python's ``repr`` where the two agree.
+
+    They agree for finite values below 1e6 (Go switches to exponent notation from there on).
+    """
+    out = list(map(float.__repr__, values.tolist()))
+    special = ~(np.isfinite(values) & (values < 1e6))
+    for i in np.flatnonzero(special).tolist():
+        out[i] = floatToGoString(values[i])
+    return out
+
+
+def _lines(prefixes: list[str], values: list[str], keep: NDArray[np.bool_] | None) -> str:
+    if keep is None:
+        lines = list(map(str.__add__, prefixes, values))
+    else:
+        lines = [p + v for p, v, k in zip(prefixes, values, keep.tolist(), strict=True) if k]
+    return "\n".join(lines) + "\n" if lines else ""
+
+
+# Samples per run that every run has: the scalars, run_info, one per state, one per alert.
+_FIXED_PER_RUN = len(SCALARS) + 1 + len(STATES) + len(ALERTS)
+
+
+def series_count(snap: Snapshot) -> int:
+    """How many per-run samples ``render`` writes for ``snap``, from the arrays alone."""
+    present = snap.present
+    count = _FIXED_PER_RUN * int(present.sum()) + int(present[snap.validation_rows].sum())
+    for first, w in snap.parameters:
+        count += w.shape[1] * int(present[first:first + w.shape[0]].sum())
+    if snap.fault_pairs:
+        rows = np.fromiter((r for r, _ in snap.fault_pairs), np.int64, len(snap.fault_pairs))
+        count += 2 * int(present[rows].sum())  # fault_active and faults_injected_total
+    return count
+
+
+def gzip_bytes(data: bytes) -> bytes:
+    """Fast gzip (level 1): scrapes are large and frequent, bandwidth on loopback is cheap."""
+    return gzip.compress(data, compresslevel=1, mtime=0)
+
+
+class Exposition:
+    """The /metrics body: the health ``registry`` (prometheus_client), then the per-run
+    families of a snapshot; rendered at most once per snapshot generation and format."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self._renderer = Renderer()
+        self._lock = threading.Lock()
+        self._cache: dict[tuple[bool, bool], tuple[int, bytes]] = {}
+
+    def body(self, snap: Snapshot, openmetrics: bool, gzipped: bool) -> bytes:
+        """The body for ``snap`` in the text or OpenMetrics format, gzipped or not."""
+        key = (openmetrics, gzipped)
+        hit = self._cache.get(key)
+        if hit is not None and hit[0] == snap.generation:
+            return hit[1]
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit is not None and hit[0] == snap.generation:
+                return hit[1]
+            if openmetrics:
+                own = generate_openmetrics(self.registry).decode().removesuffix("# EOF\n")
+                body = (own + self._renderer.render(snap, True) + "# EOF\n").encode()
+            else:
+                body = generate_latest(self.registry) + self._renderer.render(snap).encode()
+            if gzipped:
+                body = gzip_bytes(body)
+            self._cache[key] = (snap.generation, body)
+            return bytes(body)
