@@ -241,3 +241,35 @@ def test_reconfigured_keeps_unchanged_runs_and_restarts_changed_ones() -> None:
     new.advance(16.0)
     assert new.runs.step[new.row_of["lr-0.05"]] == 16
     assert new.runs.step[new.row_of["new-run"]] == 1
+
+
+def test_a_reload_carries_every_per_run_field_of_an_unchanged_run() -> None:
+    # Every field of the per-run state (detector memory included) and the stall window keep
+    # their bits, whatever the kept run's new row; then it steps exactly as if never reloaded.
+    from simulator.engine.state import RunState
+
+    text = """
+  - {name: noisy, init: 5.5, optimizer: {kind: momentum, learning_rate: 0.01}, loss_noise: 0.1,
+     faults: [{kind: plateau, at: 20s, duration: 30s}]}
+  - {name: ring, init: 5.5, optimizer: {learning_rate: 0.7}}
+"""
+    runs = load_config("defaults: {steps: 1000}\nruns:" + text, "a.yaml").runs
+    other = load_config("runs:\n  - {name: a-first, init: 1, optimizer: {learning_rate: 0.1}}",
+                        "b.yaml").runs
+    engine, reference = Engine(runs), Engine(runs)
+    engine.advance(40.0)
+    reference.advance(40.0)
+    new = engine.reconfigured([*other, *runs])
+    assert RunState.names()  # the fields are what is compared, not a list written here
+    for name in RunState.names():
+        for run in ("noisy", "ring"):
+            got = getattr(new.runs, name)[new.row_of[run]]
+            want = getattr(engine.runs, name)[engine.row_of[run]]
+            assert np.array_equal(got, want), (name, run)
+    for t in range(41, 120):
+        new.advance(float(t))
+        reference.advance(float(t))
+        for run in ("noisy", "ring"):
+            i, j = new.row_of[run], reference.row_of[run]
+            for name in RunState.names():
+                assert getattr(new.runs, name)[i] == getattr(reference.runs, name)[j], (t, name)

@@ -22,7 +22,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from simulator import detectors, optimizers, rng
-from simulator.arrays import U64, Bools, Floats, Index, Ints
+from simulator.arrays import U64, Bools, Counts, Floats, Index, Ints
 from simulator.config.run import RunSpec
 from simulator.engine.group import Group, group_key, make_groups
 from simulator.engine.snapshot import (
@@ -123,8 +123,8 @@ class _Oscillation:
 
     step_norm: Floats
     cosine: Floats
-    flips: NDArray[np.int32]
-    hold: NDArray[np.int32]
+    flips: Counts
+    hold: Counts
     oscillating: Bools
 
 
@@ -350,11 +350,15 @@ class Engine:
             th.log_growth_factor[rows]) | s.held
         peak = np.maximum(peak, level, where=rate_streak == 0, out=peak.copy())
         sums = self._window_sums(g, s)
-        # Held (diverged) rows do not count: their ring entries are never read before a restart
+        # The step of every run of the block when they are all at one (the usual case). Held
+        # (diverged) rows do not count: their ring entries are never read before a restart
         # resets them, so the fast path may overwrite them.
-        k = int(s.step[int(np.argmin(s.held))])
-        blocks = self.window.push(rows, sums, s.step, th.half[rows], g.half,
-                                  k if bool(((s.step == k) | s.held).all()) else None, mask)
+        k: int | None = None
+        if mask is None and g.half is not None:
+            k = int(s.step[int(np.argmin(s.held))])
+            if not bool(((s.step == k) | s.held).all()):
+                k = None
+        blocks = self.window.push(rows, sums, s.step, th.half[rows], g.half, k, mask)
         (older_loss, older_dloss), (recent_loss, recent_dloss) = blocks.read(LOSS_SERIES)
         # The loss noise (the smaller block's sum of |changes|: a jump must not pass for noise),
         # plus the rounding error of the running sums the block sums are differences of.
@@ -408,7 +412,7 @@ class Engine:
         return _Oscillation(step_norm, cosine, flips, hold, (hold > 0) & open_)
 
     def _stall(self, s: _Step, blocks: Blocks, flat: _Flat,
-               open_: Bools) -> NDArray[np.int32]:
+               open_: Bools) -> Counts:
         """Stall: the loss is flat beyond its noise, the updates barely move it and the
         gradient is not falling (``open_``: not converged, not diverged); its countdown."""
         r, th, rows = self.runs, self.th, s.rows
@@ -590,12 +594,7 @@ class Engine:
         new.window.take_over(self.window, src, dst, self.runs.step[src])
         for s_row, d_row in kept:
             sg, dg = self._group_of(s_row), new._group_of(d_row)
-            for name in ("z", "grad", "prev_dw"):
-                getattr(dg, name)[d_row - dg.start] = getattr(sg, name)[s_row - sg.start]
-            if sg.optimizer is not None and dg.optimizer is not None:
-                for name, arr in dg.optimizer.state.items():
-                    if name in sg.optimizer.state:
-                        arr[d_row - dg.start] = sg.optimizer.state[name][s_row - sg.start]
+            dg.take_row(d_row - dg.start, sg, s_row - sg.start)
         new.timeline.carry_over(self.timeline, {self.names[i] for i, _ in kept})
         new.mods = new.timeline.table.modifiers(new.now, new.runs.paused)
         return new

@@ -77,6 +77,17 @@ class Group:
             return slice(self.start, self.stop)
         return local + self.start
 
+    def take_row(self, local: int, source: Group, source_local: int) -> None:
+        """Carry one run's place, gradient, last update and optimizer state over from its row
+        in ``source`` (a reload that leaves the run unchanged)."""
+        for mine, theirs in ((self.z, source.z), (self.grad, source.grad),
+                             (self.prev_dw, source.prev_dw)):
+            mine[local] = theirs[source_local]
+        if self.optimizer is not None and source.optimizer is not None:
+            for name, arr in self.optimizer.state.items():
+                if name in source.optimizer.state:
+                    arr[local] = source.optimizer.state[name][source_local]
+
     def observe(self, z: Floats, local: Index, keys: U64 | None,
                 counter: U64 | None) -> tuple[Floats, Floats]:
         """Reported loss and observed gradient at ``z`` for members ``local``: the landscape's,

@@ -84,17 +84,19 @@ class RunState(Attempt):
 
     def write(self, rows: Index, new: Attempt, mask: Bools | None = None) -> None:
         """Store ``new`` (the rows ``rows``), where ``mask`` holds (everywhere for None)."""
-        for f in dataclasses.fields(Attempt):
-            dst = getattr(self, f.name)
+        for name in _ATTEMPT:
+            dst = getattr(self, name)
             if mask is None:
-                dst[rows] = getattr(new, f.name)
+                dst[rows] = getattr(new, name)
             else:
-                np.copyto(dst[rows], getattr(new, f.name), where=mask)
+                np.copyto(dst[rows], getattr(new, name), where=mask)
 
     def replace(self, new: Attempt) -> None:
         """Take ``new``'s arrays as the whole fleet's (every run stepped): no copy."""
-        for f in dataclasses.fields(Attempt):
-            setattr(self, f.name, getattr(new, f.name))
+        vars(self).update(vars(new))
+
+
+_ATTEMPT = tuple(f.name for f in dataclasses.fields(Attempt))
 
 
 def state_of(converged: Bools, stalled: Bools, diverged: Bools, step: Ints,
