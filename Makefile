@@ -42,6 +42,7 @@ docs: $(BIN)/python
 bench: $(BIN)/python
 	$(BIN)/pip install --quiet --disable-pip-version-check .
 	$(BIN)/python benchmarks/bench_scrape_engine.py
+	$(BIN)/python benchmarks/bench_engine_steps.py
 	$(BIN)/python benchmarks/bench_fleet.py
 
 $(BIN)/python:
