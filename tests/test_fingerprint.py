@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
-from simulator.config import Config, load_config, load_file
+from simulator.config import Config, load_config
 from simulator.daemon import Daemon
 from simulator.web.api import fault_from_body
 
@@ -44,12 +44,17 @@ def _fleet() -> Config:
     return load_config(text, "configmap.yaml")
 
 
+def _file(path: Path) -> Config:
+    """A config file, named by its path in the repository (the daemon logs the name)."""
+    return load_config(path.read_bytes(), str(path.relative_to(REPO)))
+
+
 CASES: dict[str, tuple[Any, float]] = {
-    "default": (lambda: load_file(REPO / "configs" / "default.yaml"), 700.0),
-    **{f"scenario-{p.stem}": ((lambda p=p: load_file(p)), 1300.0)
+    "default": (lambda: _file(REPO / "configs" / "default.yaml"), 700.0),
+    **{f"scenario-{p.stem}": ((lambda p=p: _file(p)), 1300.0)
        for p in sorted((REPO / "configs" / "scenarios").glob("*.yaml"))},
     "k8s-fleet": (_fleet, 900.0),
-    "every-kind": (lambda: load_file(Path(__file__).parent / "fingerprint" / "every-kind.yaml"),
+    "every-kind": (lambda: _file(Path(__file__).parent / "fingerprint" / "every-kind.yaml"),
                    700.0),
 }
 
