@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-SERVER_BINARIES := prometheus promtool prometheus-alertmanager amtool
+SERVER_BINARIES := prometheus promtool prometheus-alertmanager amtool chromium
 
 .PHONY: run test test-deps lint typecheck pytest bench docs clean
 
@@ -16,14 +16,15 @@ test: test-deps $(BIN)/python
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
 	$(MAKE) lint typecheck pytest
 
-# Debian's prometheus and prometheus-alertmanager packages: the real servers the tests run.
+# Debian's prometheus and prometheus-alertmanager packages (the real servers the tests run)
+# and chromium (the browser that loads the live page in the tests).
 test-deps:
 	@missing=""; for b in $(SERVER_BINARIES); do command -v $$b >/dev/null || missing="$$missing $$b"; done; \
 	if [ -n "$$missing" ]; then \
-	  echo "installing Debian's prometheus and prometheus-alertmanager (missing:$$missing)"; \
+	  echo "installing Debian's prometheus, prometheus-alertmanager and chromium (missing:$$missing)"; \
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
-	    prometheus prometheus-alertmanager >/dev/null; \
+	    prometheus prometheus-alertmanager chromium >/dev/null; \
 	fi
 
 lint:

@@ -75,6 +75,11 @@ class Landscape:
         """Loss on the held-out split (only when ``has_validation``)."""
         raise NotImplementedError
 
+    def surface(self, z: Floats, member: int) -> tuple[Floats, Floats]:
+        """The noise-free loss and gradient of block member ``member``'s landscape at the
+        points ``z`` (rows): what the live page draws."""
+        return self.loss_grad(z, np.full(len(z), member, dtype=np.intp), None, None)
+
 
 @dataclass(frozen=True)
 class LandscapeSpec(Kind):
@@ -104,6 +109,11 @@ class LandscapeSpec(Kind):
     def variant(self) -> tuple[object, ...]:
         """What runs must share, besides kind and dims, to be stepped as one block."""
         return ()
+
+    @property
+    def optimum(self) -> float | None:
+        """The lowest loss the landscape reaches (None where it is not known in closed form)."""
+        return None
 
     @classmethod
     def block(cls, specs: Sequence[Any], keys: U64) -> Landscape:
@@ -202,6 +212,11 @@ class Quadratic(LandscapeSpec):
         return (2.0 * self.a,) * self.dims
 
     @property
+    def optimum(self) -> float:
+        """b, at w = c."""
+        return self.b
+
+    @property
     def variant(self) -> tuple[object, ...]:
         """Rotated and unrotated runs are stepped apart."""
         return (self.rotate,)
@@ -273,6 +288,11 @@ class Rosenbrock(LandscapeSpec):
     b: float = param(100.0, positive, "steepness of the valley's walls")
     dims: int = param(2, integer(2, MAX_DIMS), "number of parameters, at least 2")
 
+    @property
+    def optimum(self) -> float | None:
+        """0, at (a, a^2) in 2-D and at (a, ..., a) for a in {0, 1}; unknown otherwise."""
+        return 0.0 if self.dims == 2 or self.a in (0.0, 1.0) else None
+
     @classmethod
     def block(cls, specs: Sequence[Any], keys: U64) -> Landscape:
         """See ``RosenbrockLandscape``."""
@@ -323,6 +343,11 @@ class NoisyQuadratic(LandscapeSpec):
     dims_from: ClassVar[tuple[str, ...]] = ("c",)
 
     @property
+    def optimum(self) -> float:
+        """0, at w = c."""
+        return 0.0
+
+    @property
     def variant(self) -> tuple[object, ...]:
         """Runs stepped together share one curvature vector and noise scale."""
         return (self.power, self.batch_size)
@@ -362,6 +387,12 @@ class NoisyQuadraticLandscape(Landscape):
         grad: Floats = hz + self.noise_scale * noise
         return loss, grad
 
+    def surface(self, z: Floats, member: int) -> tuple[Floats, Floats]:
+        """The loss and the expected (noise-free) gradient h * z."""
+        hz = self.h * z
+        loss: Floats = 0.5 * np.einsum("ij,ij->i", hz, z)
+        return loss, hz
+
 
 # --------------------------------------------------------------------------- plateau
 
@@ -381,6 +412,11 @@ class Plateau(LandscapeSpec):
     dims: int = param(1, _DIMS, "number of parameters", shown="1, or the length of `c`")
 
     dims_from: ClassVar[tuple[str, ...]] = ("c",)
+
+    @property
+    def optimum(self) -> float:
+        """b, at w = c."""
+        return self.b
 
     @classmethod
     def block(cls, specs: Sequence[Any], keys: U64) -> Landscape:
@@ -514,6 +550,16 @@ class LogisticRegressionLandscape(Landscape):
         logits = np.einsum("mbf,mf->mb", xb, z)
         loss: Floats = np.mean(np.logaddexp(0.0, logits) - yb * logits, axis=1)
         grad: Floats = np.einsum("mbf,mb->mf", xb, _sigmoid(logits) - yb) / self.batch
+        return loss, grad
+
+    def surface(self, z: Floats, member: int) -> tuple[Floats, Floats]:
+        """Mean cross-entropy and its gradient on the whole training split (a minibatch's
+        expectation)."""
+        ds = int(self.dataset[member])
+        x, y = self.x_train[ds], self.y_train[ds]
+        logits = z @ x.T
+        loss: Floats = np.mean(np.logaddexp(0.0, logits) - y * logits, axis=1)
+        grad: Floats = (_sigmoid(logits) - y) @ x / self.n_train
         return loss, grad
 
     def validation_loss(self, z: Floats, sel: Index) -> Floats:

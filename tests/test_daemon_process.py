@@ -58,8 +58,35 @@ def test_metrics_healthz_and_landing_page_on_the_default_config(daemon_factory: 
     assert http_get(f"{d.url}/healthz") == (200, b"ok\n")
     status, page = http_get(f"{d.url}/")
     assert status == 200
-    assert b"<td>lr-1.1</td>" in page
+    assert b"<title>trainsim</title>" in page and b"/static/app.js" in page
     assert http_get(f"{d.url}/nope")[0] == 404
+
+
+def test_the_page_and_its_files_come_from_the_package_with_etags(daemon_factory: Any) -> None:
+    d = daemon_factory()
+    import urllib.error
+    import urllib.request
+
+    from simulator import __file__ as package
+
+    static = Path(package).parent / "web" / "static"
+    for rel, ctype in (("app.js", "text/javascript"), ("app.css", "text/css"),
+                       ("vendor/uPlot.iife.min.js", "text/javascript"),
+                       ("vendor/uPlot.min.css", "text/css")):
+        with urllib.request.urlopen(f"{d.url}/static/{rel}", timeout=5) as resp:
+            assert resp.read() == (static / rel).read_bytes()
+            assert resp.headers["Content-Type"].startswith(ctype)
+            tag = resp.headers["ETag"]
+        again = urllib.request.Request(f"{d.url}/static/{rel}", headers={"If-None-Match": tag})
+        try:
+            urllib.request.urlopen(again, timeout=5)
+            raise AssertionError("an unchanged file must answer 304")
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 304
+    # Only the page's own files: no path outside the static folder, no listing.
+    for path in ("/static/", "/static/../cli.py", "/static/vendor/README.md",
+                 "/static/%2e%2e/cli.py"):
+        assert http_get(f"{d.url}{path}")[0] == 404, path
 
 
 def test_openmetrics_and_gzip_are_negotiated(daemon_factory: Any) -> None:

@@ -13,7 +13,9 @@ from simulator.schema.errors import ConfigError
 from simulator.schema.fields import Reader, describe, integer
 from simulator.schema.loader import LocList, LocMap, parse_yaml, read_yaml_file
 
-TOP_KEYS = ("defaults", "runs", "fleet", "series_limit")
+# The most history entries a run may keep (69 to 85 bytes each).
+MAX_HISTORY = 100_000
+TOP_KEYS = ("defaults", "runs", "fleet", "series_limit", "history")
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,8 @@ class Config:
     source: str = "<embedded>"
     # Warn when the daemon would expose more series than this (None: never).
     series_limit: int | None = None
+    # Entries of recent history the daemon keeps per run (None: its default for the fleet).
+    history: int | None = None
 
 
 def _runs(r: Reader, top: LocMap, defaults: LocMap, first_line: dict[str, int]) -> list[RunSpec]:
@@ -76,9 +80,10 @@ def build_config(doc: Any, source: str) -> Config:
     if "fleet" in top:
         specs.extend(_fleet_runs(r, top, defaults, first_line))
     series_limit = r.take(top, "", "series_limit", integer(1, 10**12), None)
+    history = r.take(top, "", "history", integer(0, MAX_HISTORY), None)
     if r.issues:
         raise ConfigError(r.issues)
-    return Config(runs=tuple(specs), source=source, series_limit=series_limit)
+    return Config(runs=tuple(specs), source=source, series_limit=series_limit, history=history)
 
 
 def load_config(data: bytes | str, source: str) -> Config:

@@ -8,7 +8,6 @@ own ``clock`` and call ``tick()`` to drive time without sleeping.
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -19,12 +18,14 @@ import numpy as np
 import structlog
 from prometheus_client import CollectorRegistry, ProcessCollector
 
+from simulator.arrays import Floats
 from simulator.collector import DaemonMetrics
 from simulator.config import Config
-from simulator.engine import ALERTS, STATES, Engine, Events, Snapshot
+from simulator.engine import Engine, Events, Snapshot
 from simulator.exposition import Exposition, series_count
 from simulator.faults.catalogue import FaultSpec
-from simulator.faults.timeline import FaultRecord
+from simulator.history import History, default_capacity
+from simulator.web import views
 from simulator.web.api import NotFoundError
 
 # The loop never sleeps longer than this, so signals and reloads are handled promptly.
@@ -69,6 +70,7 @@ class Daemon:
         # The health registry's sample count is fixed once its metrics exist.
         self._own_series = sum(len(m.samples) for m in self.registry.collect())
         self._over_limit = False
+        self.history: History | None = None
         self.snapshot: Snapshot = self._publish()
         self._log_runs("run_started", [s.name for s in config.runs])
 
@@ -115,7 +117,20 @@ class Daemon:
         self._generation += 1
         snap = self.engine.snapshot(self._generation, self._wall0, self.speed)
         self._guard_series(snap)
+        self._remember(snap)
         return snap
+
+    def _remember(self, snap: Snapshot) -> None:
+        """Add the snapshot to the runs' history (a new one, keeping what the runs that stay
+        had, after a reload)."""
+        capacity = self.config.history
+        if capacity is None:
+            capacity = default_capacity(len(snap))
+        if self.history is None:
+            self.history = History(snap, capacity)
+        elif self.history.names != snap.names or self.history.capacity != capacity:
+            self.history = self.history.carried(snap, capacity)
+        self.history.record(snap)
 
     def _guard_series(self, snap: Snapshot) -> None:
         """Export the series count; warn once each time it crosses above ``series_limit``."""
@@ -173,22 +188,13 @@ class Daemon:
         """The /metrics body for the current snapshot, rendered at most once per snapshot."""
         return self._exposition.body(self.snapshot, openmetrics, gzipped)
 
-    def runs_table(self) -> list[dict[str, Any]]:
-        """One row per run: name, state, step, loss, active alerts."""
-        s = self.snapshot
-        return [{"run": s.names[i], "state": STATES[s.state[i]], "step": int(s.steps[i]),
-                 "loss": float(s.loss[i]),
-                 "alerts": [a for j, a in enumerate(ALERTS) if s.alerts[i, j]]}
-                for i in range(len(s))]
-
     # ------------------------------------------------------------------ control
 
     @contextmanager
     def _control(self, run: str) -> Iterator[None]:
         """Bring the engine to now, run a change under the lock, publish the result."""
         with self._engine_lock:
-            if run not in self.engine.row_of:
-                raise NotFoundError(f"unknown run {run!r}")
+            self._row(run)
             self._log_events(self.engine.advance(self.sim_now()))
             yield
             self._log_events(self.engine.advance(self.engine.now))
@@ -204,7 +210,7 @@ class Daemon:
         """Inject a fault now."""
         with self._control(run):
             rec = self.engine.inject(run, spec)
-        return _fault_view(rec, self.engine.now)
+        return views.fault_view(rec, self.engine.now)
 
     def clear(self, run: str, fault_id: str) -> dict[str, Any]:
         """End an injected or scheduled fault of ``run`` now."""
@@ -213,7 +219,7 @@ class Daemon:
                 rec = self.engine.clear(run, fault_id)
             except KeyError:
                 raise NotFoundError(f"run {run!r} has no fault {fault_id!r}") from None
-        return _fault_view(rec, self.engine.now)
+        return views.fault_view(rec, self.engine.now)
 
     def pause(self, run: str) -> dict[str, Any]:
         """Stop a run from stepping (its series stay)."""
@@ -238,48 +244,41 @@ class Daemon:
     def run_view(self, run: str) -> dict[str, Any]:
         """One run as the API shows it."""
         with self._engine_lock:
-            if run not in self.engine.row_of:
-                raise NotFoundError(f"unknown run {run!r}")
-            return self._run_view(self.engine.row_of[run])
+            return views.run_view(self.engine, self.snapshot, self._row(run))
 
     def runs_view(self) -> list[dict[str, Any]]:
         """Every run as the API shows it, in configuration order."""
         with self._engine_lock:
             rows = [self.engine.row_of[s.name] for s in self.config.runs
                     if s.name in self.engine.row_of]
-            return [self._run_view(i) for i in rows]
+            return [views.run_view(self.engine, self.snapshot, i) for i in rows]
 
-    def _run_view(self, i: int) -> dict[str, Any]:
-        e, r, s = self.engine, self.engine.runs, self.snapshot
-        name = e.names[i]
-        return {
-            "run": name,
-            "state": STATES[r.state[i]],
-            "step": int(r.step[i]),
-            "loss": _finite_or_none(float(s.loss[i])) if i < len(s) else None,
-            "gradient_norm": _finite_or_none(float(r.grad_norm[i])),
-            "learning_rate": float(r.lr[i]),
-            "restarts": int(r.restarts[i]),
-            "paused": bool(r.paused[i]),
-            "present": bool(~e.mods.absent[i]),
-            "alerts": [a for a, on in zip(ALERTS, (r.diverged[i], r.stalled[i],
-                                                    r.oscillating[i]), strict=True) if on],
-            "faults": [_fault_view(r, e.now) for r in e.active_faults(name)],
-        }
+    def fleet_view(self, query: views.FleetQuery) -> dict[str, Any]:
+        """A page of the fleet table."""
+        with self._engine_lock:
+            return views.fleet_view(self.snapshot, self.engine.runs.paused.copy(), query)
 
+    def history_view(self, run: str, since: int) -> dict[str, Any]:
+        """``run``'s recent entries after seq ``since``, and what the page needs to draw
+        them."""
+        with self._engine_lock:
+            spec = self.engine.specs[self._row(run)]
+            history = self.history
+        assert history is not None
+        view = history.entries(run, since)
+        view.update(landscape=spec.landscape.kind, optimizer=spec.optimizer.kind,
+                    dims=spec.dims, optimum=spec.landscape.optimum,
+                    step_interval=spec.step_interval)
+        return view
 
-def _finite_or_none(x: float) -> float | None:
-    return x if math.isfinite(x) else None
+    def landscape_view(self, run: str, lo: Floats, hi: Floats, points: int) -> dict[str, Any]:
+        """``run``'s landscape on a grid, and its loss and gradient where the run stands."""
+        with self._engine_lock:
+            self._row(run)
+            return views.landscape_view(self.engine, run, lo, hi, points)
 
-
-def _fault_view(rec: FaultRecord, now: float) -> dict[str, Any]:
-    return {
-        "id": rec.id,
-        "run": rec.run,
-        "kind": rec.kind,
-        "source": rec.source,
-        "active": rec.start <= now < rec.end,
-        "duration_seconds": _finite_or_none(rec.spec.duration),
-        "remaining_seconds": _finite_or_none(max(0.0, rec.end - now)),
-        "params": rec.spec.all_params(),
-    }
+    def _row(self, run: str) -> int:
+        row = self.engine.row_of.get(run)
+        if row is None:
+            raise NotFoundError(f"unknown run {run!r}")
+        return row

@@ -52,7 +52,8 @@ def serve(options: Options, config: Config, log: Any) -> None:
     # Handlers first: whoever waits for "listening" may signal right away.
     with handled({signal.SIGTERM: (stop, wake), signal.SIGINT: (stop, wake),
                   signal.SIGHUP: (reload_requested, wake)}):
-        log.info("listening", address=server.address, version=__version__,
+        log.info("listening", address=server.address, url=f"http://{server.address}/",
+                 version=__version__,
                  config=config.source, runs=len(config.runs), speed=options.speed,
                  shard=str(options.shard) if options.shard else None,
                  control_api="enabled" if options.control.enabled else "disabled",

@@ -549,7 +549,8 @@ class Engine:
             generation=generation, names=self.names, landscapes=self._labels[0],
             optimizers=self._labels[1], schedules=self._labels[2],
             loss=frozen(loss), gradient_norm=frozen(grad_norm), learning_rate=frozen(r.lr),
-            update_norm=frozen(r.update_norm), steps=frozen(r.step.astype(np.float64)),
+            update_norm=frozen(r.update_norm), parameter_absmax=frozen(r.param_absmax),
+            steps=frozen(r.step.astype(np.float64)),
             restarts=frozen(r.restarts.astype(np.float64)),
             last_step_timestamp=frozen(wall_epoch + r.last_step_time / speed),
             state=frozen(r.state), alerts=frozen(alerts),
@@ -577,6 +578,15 @@ class Engine:
         g = self._group_of(i)
         params: Floats = self._parameters(g, np.array([i - g.start]))[0]
         return params
+
+    def surface(self, run: str, w: Floats) -> tuple[Floats, Floats]:
+        """The noise-free loss and gradient of ``run``'s landscape, as it stands now (drift
+        included), at the parameter vectors ``w`` (rows)."""
+        i = self.row_of[run]
+        g = self._group_of(i)
+        local = i - g.start
+        z = w - self.runs.drift[i] - g.landscape.c[local]
+        return g.landscape.surface(z, local)
 
     def reconfigured(self, specs: Sequence[RunSpec]) -> Engine:
         """A new engine for ``specs`` at the same time; runs whose spec is unchanged keep all

@@ -9,6 +9,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from simulator.arrays import Bools, Floats
+from simulator.faults.catalogue import FAULT_KINDS
 from simulator.faults.timeline import FaultEvent
 
 STATES = ("running", "converged", "stalled", "diverged", "finished")
@@ -53,6 +54,7 @@ class Snapshot:
     gradient_norm: Floats
     learning_rate: Floats
     update_norm: Floats
+    parameter_absmax: Floats  # max |w_i|: the parameters' infinity norm
     steps: Floats
     restarts: Floats
     last_step_timestamp: Floats
@@ -71,6 +73,16 @@ class Snapshot:
 
     def __len__(self) -> int:
         return len(self.names)
+
+    def fault_bits(self) -> NDArray[np.uint16]:
+        """For each run, one bit per fault kind active on it (bit i: ``FAULT_KINDS[i]``)."""
+        bits = np.zeros(len(self), np.uint16)
+        if self.fault_pairs:
+            rows = np.array([r for r, _ in self.fault_pairs], dtype=np.int64)
+            kinds = np.array([1 << FAULT_KINDS.index(k) for _, k in self.fault_pairs],
+                             np.uint16)
+            np.bitwise_or.at(bits, rows[self.fault_active], kinds[self.fault_active])
+        return bits
 
 
 def frozen(a: NDArray[Any]) -> NDArray[Any]:

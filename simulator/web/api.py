@@ -17,11 +17,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import numpy as np
+
+from simulator.arrays import Floats
+from simulator.engine import STATES
 from simulator.faults.catalogue import FAULTS, FaultSpec, read_fault
 from simulator.schema.fields import MAX_NAME_LENGTH, NAME_CHARS, Reader, is_name
 from simulator.schema.loader import LocMap
 from simulator.web.auth import ControlSettings, authorize
 from simulator.web.server import JSON_TYPE, Handler, HttpError, RequestBody, Response, Route
+from simulator.web.views import MAX_POINTS, SORT_KEYS, FleetQuery
 
 PREFIX = "/api/v1/"
 MAX_BODY_BYTES = 64 * 1024
@@ -48,6 +53,15 @@ class Controller(Protocol):
 
     def run_view(self, run: str) -> dict[str, Any]:
         """One run."""
+
+    def fleet_view(self, query: FleetQuery) -> dict[str, Any]:
+        """A page of the fleet table."""
+
+    def history_view(self, run: str, since: int) -> dict[str, Any]:
+        """A run's history entries after seq ``since``."""
+
+    def landscape_view(self, run: str, lo: Floats, hi: Floats, points: int) -> dict[str, Any]:
+        """A run's landscape on a grid."""
 
     def step_interval(self, run: str) -> float | None:
         """The run's seconds per step (None for an unknown run)."""
@@ -81,7 +95,9 @@ class ApiError(HttpError):
 class _Match:
     """A request path resolved to an endpoint."""
 
-    endpoint: str  # runs | run | faults | fault | pause | resume | restart
+    # runs | fleet | fault-kinds | run | history | landscape | faults | fault | pause | resume
+    # | restart
+    endpoint: str
     allowed: tuple[str, ...]
     run: str | None = None
     fault_id: str | None = None
@@ -130,12 +146,39 @@ class ControlApi:
         for value, what in ((m.run, "run name"), (m.fault_id, "fault id")):
             if value is not None:
                 _check_name(value, what)
-        c = self.controller
+        c, query = self.controller, Query(h.path)
         if m.endpoint == "runs":
             return _ok(200, c.runs_view())
+        if m.endpoint == "fleet":
+            return _ok(200, c.fleet_view(_fleet_query(query)))
+        if m.endpoint == "fault-kinds":
+            return _ok(200, FAULT_KINDS_VIEW)
         assert m.run is not None
         if m.endpoint == "run":
             return _ok(200, c.run_view(m.run))
+        if m.endpoint == "history":
+            return _ok(200, c.history_view(m.run, query.integer("since", 0, 2**62, 0)))
+        if m.endpoint == "landscape":
+            lo, hi = query.floats("lo"), query.floats("hi")
+            if len(lo) != len(hi) or not all(a < b for a, b in zip(lo, hi, strict=True)):
+                raise ApiError(400, "lo and hi must have as many values, each lo below its hi",
+                               "hi")
+            points = query.integer("points", 2, MAX_POINTS.get(len(lo), 2), 100)
+            return _ok(200, c.landscape_view(m.run, np.array(lo), np.array(hi), points))
+        if m.endpoint in ("faults", "fault"):
+            return self._faults(h, method, body, m)
+        fields = _read_json(h, body, required=False)
+        if fields not in (None, {}):
+            if not isinstance(fields, dict):
+                raise ApiError(400, "body must be empty or a JSON object")
+            raise ApiError(422, f"{m.endpoint} takes no fields", str(next(iter(fields))))
+        action: Callable[[str], dict[str, Any]] = getattr(c, m.endpoint)
+        return _ok(200, action(m.run))
+
+    def _faults(self, h: Handler, method: str, body: RequestBody, m: _Match) -> Response:
+        """A run's faults: list them, inject one; one fault: show it, clear it."""
+        c = self.controller
+        assert m.run is not None
         if m.endpoint == "faults" and method != "POST":
             return _ok(200, c.run_view(m.run)["faults"])
         if m.endpoint == "faults":
@@ -144,21 +187,13 @@ class ControlApi:
             location = (f"{PREFIX}runs/{urllib.parse.quote(m.run, safe='')}/faults/"
                         f"{urllib.parse.quote(str(fault['id']), safe='')}")
             return _ok(201, fault, (("Location", location),))
-        if m.endpoint == "fault":
-            assert m.fault_id is not None
-            if method == "DELETE":
-                return _ok(200, c.clear(m.run, m.fault_id))
-            for f in c.run_view(m.run)["faults"]:
-                if f["id"] == m.fault_id:
-                    return _ok(200, f)
-            raise ApiError(404, f"run {m.run!r} has no active fault {m.fault_id!r}")
-        fields = _read_json(h, body, required=False)
-        if fields not in (None, {}):
-            if not isinstance(fields, dict):
-                raise ApiError(400, "body must be empty or a JSON object")
-            raise ApiError(422, f"{m.endpoint} takes no fields", str(next(iter(fields))))
-        action: Callable[[str], dict[str, Any]] = getattr(c, m.endpoint)
-        return _ok(200, action(m.run))
+        assert m.fault_id is not None
+        if method == "DELETE":
+            return _ok(200, c.clear(m.run, m.fault_id))
+        for f in c.run_view(m.run)["faults"]:
+            if f["id"] == m.fault_id:
+                return _ok(200, f)
+        raise ApiError(404, f"run {m.run!r} has no active fault {m.fault_id!r}")
 
 
 def _match(path: str) -> _Match:
@@ -171,12 +206,16 @@ def _match(path: str) -> _Match:
     except UnicodeDecodeError:
         raise ApiError(400, "path is not valid percent-encoded UTF-8") from None
     n = len(parts)
+    if n == 1 and parts[0] in ("fleet", "fault-kinds"):
+        return _Match(parts[0], ("GET", "HEAD"))
     if parts[0] == "runs":
         if n == 1:
             return _Match("runs", ("GET", "HEAD"))
         run = parts[1]
         if n == 2:
             return _Match("run", ("GET", "HEAD"), run)
+        if n == 3 and parts[2] in ("history", "landscape"):
+            return _Match(parts[2], ("GET", "HEAD"), run)
         if n == 3 and parts[2] == "faults":
             return _Match("faults", ("GET", "HEAD", "POST"), run)
         if n == 4 and parts[2] == "faults":
@@ -274,3 +313,65 @@ def _finite(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_finite(v) for v in value]
     return value
+
+
+# --------------------------------------------------------------------------- queries
+
+
+class Query:
+    """The query string of a request; wrong values are 400s naming the parameter."""
+
+    def __init__(self, path: str) -> None:
+        raw = path.split("?", 1)[1] if "?" in path else ""
+        try:
+            self.values = dict(urllib.parse.parse_qsl(raw, errors="strict"))
+        except (UnicodeDecodeError, ValueError):
+            raise ApiError(400, "query is not valid percent-encoded UTF-8") from None
+
+    def text(self, name: str, default: str = "") -> str:
+        """A string parameter."""
+        return self.values.get(name, default)[:200]
+
+    def choice(self, name: str, choices: tuple[str, ...], default: str | None) -> str | None:
+        """One of ``choices``."""
+        value = self.values.get(name, default)
+        if value is not None and value not in choices:
+            raise ApiError(400, f"must be one of: {', '.join(choices)}", name)
+        return value
+
+    def integer(self, name: str, lo: int, hi: int, default: int) -> int:
+        """A whole number in [lo, hi]."""
+        raw = self.values.get(name)
+        if raw is None:
+            return default
+        if not (raw.isascii() and raw.isdigit()) or not lo <= int(raw) <= hi:
+            raise ApiError(400, f"must be a whole number from {lo} to {hi}", name)
+        return int(raw)
+
+    def floats(self, name: str) -> list[float]:
+        """One or two finite numbers, comma-separated (required)."""
+        raw = self.values.get(name)
+        try:
+            values = [float(v) for v in (raw or "").split(",")]
+        except ValueError:
+            values = []
+        if not 1 <= len(values) <= 2 or not all(math.isfinite(v) for v in values):
+            raise ApiError(400, "must be one or two finite numbers, comma-separated", name)
+        return values
+
+
+def _fleet_query(q: Query) -> FleetQuery:
+    return FleetQuery(
+        offset=q.integer("offset", 0, 10**7, 0), limit=q.integer("limit", 1, 1000, 50),
+        sort=q.choice("sort", SORT_KEYS, "severity") or "severity",
+        descending=q.choice("order", ("asc", "desc"), "desc") == "desc",
+        text=q.text("q"), state=q.choice("state", STATES, None))
+
+
+# The fault kinds, as the live page's "break it" panel offers them.
+FAULT_KINDS_VIEW = [
+    {"kind": k.name, "summary": k.summary,
+     "default_duration_seconds": k.default_duration if math.isfinite(k.default_duration)
+     else None,
+     "params": [{"name": p.key, "default": p.default, "help": p.help} for p in k.params]}
+    for k in FAULTS.values()]

@@ -1,15 +1,26 @@
-"""The daemon's own routes: /metrics, /healthz and the landing page."""
+"""The daemon's own routes: /metrics, /healthz, and the live page at / with its files.
+
+The page (``static/``: HTML, CSS, a script, and uPlot vendored under ``static/vendor``) is
+package data, served from memory: it needs no network, no CDN and nothing outside the
+installed package. It draws what the control API (``simulator.web.api``) serves.
+"""
 
 from __future__ import annotations
 
-import html
+import hashlib
 from collections.abc import Callable
-from typing import Any, Protocol
+from importlib.resources import files
+from importlib.resources.abc import Traversable
+from typing import Protocol
 
 from simulator.web.server import Handler, Response, Route, method_not_allowed
 
 TEXT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+_TYPES = {".html": "text/html; charset=utf-8", ".css": "text/css; charset=utf-8",
+          ".js": "text/javascript; charset=utf-8"}
+# The page's own files and uPlot's may change between releases: revalidate, cheaply (ETag).
+_CACHE = (("Cache-Control", "no-cache"),)
 
 
 class Pages(Protocol):
@@ -17,9 +28,6 @@ class Pages(Protocol):
 
     def exposition(self, openmetrics: bool, gzipped: bool) -> bytes:
         """The /metrics body."""
-
-    def runs_table(self) -> list[dict[str, Any]]:
-        """One row per run for the landing page."""
 
 
 def _get_only(route: Callable[[Handler], Response]) -> Route:
@@ -30,8 +38,29 @@ def _get_only(route: Callable[[Handler], Response]) -> Route:
     return checked
 
 
+def _static_files() -> dict[str, tuple[bytes, str, str]]:
+    """Every file of the page, by its URL path: (content, type, ETag)."""
+    out = {}
+
+    def walk(node: Traversable, prefix: str) -> None:
+        for child in node.iterdir():
+            if child.is_dir():
+                walk(child, f"{prefix}{child.name}/")
+                continue
+            suffix = "." + child.name.rsplit(".", 1)[-1]
+            if suffix in _TYPES:
+                data = child.read_bytes()
+                tag = '"' + hashlib.sha256(data).hexdigest()[:16] + '"'
+                out[prefix + child.name] = (data, _TYPES[suffix], tag)
+
+    walk(files("simulator.web").joinpath("static"), "/static/")
+    return out
+
+
 def routes(daemon: Pages) -> list[tuple[str, Route]]:
-    """/metrics, /healthz and / for ``daemon``."""
+    """/metrics, /healthz, the page at / and its files under /static/, for ``daemon``."""
+    static = _static_files()
+    index = static["/static/index.html"]
 
     def metrics(h: Handler) -> Response:
         accept = h.headers.get("Accept", "")
@@ -41,28 +70,21 @@ def routes(daemon: Pages) -> list[tuple[str, Route]]:
         headers = (("Content-Encoding", "gzip"),) if gzipped else ()
         return Response(200, body, OPENMETRICS_TYPE if openmetrics else TEXT_TYPE, headers)
 
+    def serve(h: Handler, found: tuple[bytes, str, str]) -> Response:
+        data, ctype, tag = found
+        headers = (*_CACHE, ("ETag", tag))
+        if h.headers.get("If-None-Match") == tag:
+            return Response(304, b"", ctype, headers)
+        return Response(200, data, ctype, headers)
+
     def landing(h: Handler) -> Response:
-        if h.path.split("?", 1)[0] != "/":
-            return Response(404, b"not found\n")
-        return Response(200, _landing_page(daemon.runs_table()).encode(),
-                        "text/html; charset=utf-8")
+        path = h.path.split("?", 1)[0]
+        if path == "/":
+            return serve(h, index)
+        if path in static:
+            return serve(h, static[path])
+        return Response(404, b"not found\n")
 
     return [("/metrics", _get_only(metrics)),
             ("/healthz", _get_only(lambda h: Response(200, b"ok\n"))),
             ("/", _get_only(landing))]
-
-
-def _landing_page(table: list[dict[str, Any]]) -> str:
-    rows = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(str(r[k]))}</td>"
-                         for k in ("run", "state", "step", "loss", "alerts")) + "</tr>"
-        for r in table)
-    return f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>trainsim</title>
-<style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:2px 12px;text-align:left}}</style>
-</head><body><h1>trainsim</h1>
-<p><a href="/metrics">Metrics</a> &middot; <a href="/healthz">Health</a> &middot;
-<a href="/api/v1/runs">Runs (JSON)</a></p>
-<table><thead><tr><th>run</th><th>state</th><th>step</th><th>loss</th><th>alerts</th></tr></thead>
-<tbody>{rows}</tbody></table></body></html>
-"""
