@@ -16,6 +16,7 @@ import pytest
 
 from simulator import resources
 from simulator.config import load_config
+from simulator.drills.stack import http_get
 from tests.conftest import need_binary
 
 REPO = Path(__file__).resolve().parent.parent
@@ -60,6 +61,11 @@ def test_the_wheel_carries_every_shipped_file_and_the_console_script(wheel: Path
         for rel, path in shipped.items():
             assert zf.read(f"simulator/{rel}") == path.read_bytes(), rel
         assert "simulator/py.typed" in names
+        page = REPO / "simulator" / "web" / "static"
+        for path in page.rglob("*"):
+            if path.is_file():
+                rel = path.relative_to(REPO)
+                assert zf.read(str(rel)) == path.read_bytes(), rel
         entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
         scripts = zf.read(entry_points).decode()
     embedded = resources.read_bytes("default.yaml")
@@ -85,6 +91,28 @@ def test_validate_runs_from_an_empty_directory(installed: Path, tmp_path: Path) 
                          capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert res.returncode == 0, res.stderr
     assert res.stdout.count(": ok (") == len(list(CONFIGS.glob("scenarios/*.yaml")))
+
+
+def test_the_installed_daemon_serves_its_page_from_an_empty_directory(installed: Path,
+                                                                     tmp_path: Path) -> None:
+    proc = subprocess.Popen([str(installed), "-m", "simulator", "run", "--web.listen-address",
+                             "127.0.0.1:0", "--log.format", "json"], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            event = json.loads(line)
+            if event["event"] == "listening":
+                break
+        url = event["url"]
+        for path, marker in (("", b"<title>trainsim</title>"),
+                             ("static/vendor/uPlot.iife.min.js", b"uPlot"),
+                             ("api/v1/runs/lr-0.2/history", b'"columns"')):
+            status, body = http_get(url + path)
+            assert status == 200 and marker in body, path
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
 
 
 @pytest.mark.realstack
