@@ -119,35 +119,26 @@ class History:
         if not kept or not capacity or not self.capacity:
             return new
         src, dst = (np.array(side, dtype=np.int64) for side in zip(*kept, strict=True))
-        paths = [(self.path_slot[s], new.path_slot[d], int(self.count[s])) for s, d in kept
-                 if s in self.path_slot and d in new.path_slot]
-        p_src, p_dst, p_count = (np.array(side, dtype=np.int64)
-                                 for side in zip(*paths, strict=True)) if paths else (
-            np.zeros(0, np.int64),) * 3
         with self._lock:
-            for back in range(min(self.capacity, capacity)):
-                self._copy(new, src, dst, self.count[src] - back)
-                seq = p_count - back
-                ok = seq >= 1
-                new.path[(seq[ok] - 1) % capacity, p_dst[ok]] = \
-                    self.path[(seq[ok] - 1) % self.capacity, p_src[ok]]
+            # Every (entry back, run) pair at once: seq, and the slot it has on each side.
+            seq = self.count[src][None, :] - np.arange(min(self.capacity, capacity))[:, None]
+            ok = seq >= 1
+            s, d = np.broadcast_to(src, seq.shape)[ok], np.broadcast_to(dst, seq.shape)[ok]
+            old, fresh = (seq[ok] - 1) % self.capacity, (seq[ok] - 1) % capacity
+            for name in self.floats:
+                new.floats[name][fresh, d] = self.floats[name][old, s]
+            for mine, theirs in ((new.state, self.state), (new.alerts, self.alerts),
+                                 (new.faults, self.faults), (new.present, self.present)):
+                mine[fresh, d] = theirs[old, s]
+            paths = (self._path_of[s] >= 0) & (new._path_of[d] >= 0)
+            new.path[fresh[paths], new._path_of[d[paths]]] = \
+                self.path[old[paths], self._path_of[s[paths]]]
         new.count[dst] = self.count[src]
         new._last = tuple(np.zeros(len(new.names), a.dtype) for a in self._last)
         for mine, theirs in zip(new._last, self._last, strict=True):
             mine[dst] = theirs[src]
         new._fresh[dst] = False
         return new
-
-    def _copy(self, new: History, src: Ints, dst: Ints, seq: Ints) -> None:
-        """Entry ``seq`` of each run ``src`` here to run ``dst`` of ``new``."""
-        ok = seq >= 1
-        old, fresh = (seq[ok] - 1) % self.capacity, (seq[ok] - 1) % new.capacity
-        s, d = src[ok], dst[ok]
-        for name in self.floats:
-            new.floats[name][fresh, d] = self.floats[name][old, s]
-        for mine, theirs in ((new.state, self.state), (new.alerts, self.alerts),
-                             (new.faults, self.faults), (new.present, self.present)):
-            mine[fresh, d] = theirs[old, s]
 
     def entries(self, run: str, since: int = 0) -> dict[str, Any]:
         """The entries of ``run`` after seq ``since``, oldest first, as columns (KeyError for

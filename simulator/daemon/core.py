@@ -167,13 +167,14 @@ class Daemon:
         old, new = set(before), set(self.engine.names)
         kept = sum(1 for s in config.runs if before.get(s.name) == s)
         self.config = config
-        self._log_runs("run_started", sorted(new - old))
-        self._log_runs("run_removed", sorted(old - new))
         self.metrics.reload_ok.set(1)
         self.metrics.reload_time.set(self._wall())
+        # Published before the log says so: whoever reads these lines scrapes the new runs.
+        self.snapshot = self._publish()
+        self._log_runs("run_started", sorted(new - old))
+        self._log_runs("run_removed", sorted(old - new))
         self.log.info("config_reloaded", source=config.source, runs=len(config.runs),
                       unchanged_runs=kept)
-        self.snapshot = self._publish()
 
     def reject(self, source: str, errors: list[str]) -> None:
         """Record a failed reload; the running config stays."""

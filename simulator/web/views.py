@@ -73,11 +73,12 @@ class FleetQuery:
     state: str | None = None
 
 
-def _order(snap: Snapshot, faults: np.ndarray[Any, Any], sort: str) -> np.ndarray[Any, Any]:
-    """Row indices in ascending order of ``sort`` (ties by name)."""
+def _order(snap: Snapshot, faults: np.ndarray[Any, Any], sort: str,
+           descending: bool) -> np.ndarray[Any, Any]:
+    """Row indices in the order of ``sort``; ties, and NaN losses last, in name order."""
     by_name = np.argsort(np.array(snap.names, dtype=object), kind="stable")
     if sort == "run":
-        return by_name
+        return by_name[::-1] if descending else by_name
     key: np.ndarray[Any, Any]
     if sort == "severity":
         severity = np.array([_STATE_SEVERITY[s] for s in STATES])[snap.state] * 8
@@ -87,7 +88,8 @@ def _order(snap: Snapshot, faults: np.ndarray[Any, Any], sort: str) -> np.ndarra
             "state": snap.state, "step": snap.steps, "loss": snap.loss,
             "learning_rate": snap.learning_rate}
         key = columns[sort]
-    return by_name[np.argsort(key[by_name], kind="stable")]
+    key = key.astype(np.float64)
+    return by_name[np.argsort(-key[by_name] if descending else key[by_name], kind="stable")]
 
 
 def fleet_view(snap: Snapshot, paused: Bools, q: FleetQuery) -> dict[str, Any]:
@@ -98,9 +100,7 @@ def fleet_view(snap: Snapshot, paused: Bools, q: FleetQuery) -> dict[str, Any]:
         keep &= np.array([q.text in name for name in snap.names], dtype=np.bool_)
     if q.state is not None:
         keep &= snap.state == STATES.index(q.state)
-    order = _order(snap, faults, q.sort)
-    if q.descending:
-        order = order[::-1]
+    order = _order(snap, faults, q.sort, q.descending)
     order = order[keep[order]]
     rows = order[q.offset:q.offset + q.limit].tolist()
     counts = np.bincount(snap.state, minlength=len(STATES)).tolist()
