@@ -22,13 +22,14 @@ from simulator.arrays import Ints
 from simulator.engine import ALERTS, STATES, Snapshot
 from simulator.faults.catalogue import FAULT_KINDS
 
-# Entries per run by default, and across the whole fleet at most. An entry is 69 bytes, 85 with
-# the path of a run of one or two parameters: 600 entries are about 50 KiB a run, and a fleet
-# of 10,000 runs keeps 50 entries each (about 40 MiB in all).
+# Entries per run by default, and across the whole fleet at most. An entry is 69 bytes, plus 8
+# a parameter for the path of runs of at most 8 parameters (as wide as the widest of them): for
+# the seed's runs 77 bytes, 600 entries 45 KiB a run; a fleet of 10,000 1-D runs keeps 50
+# entries each (about 37 MiB in all).
 DEFAULT_ENTRIES = 600
 FLEET_ENTRIES = 500_000
-# Parameters are kept for runs this small: the live page draws their path.
-MAX_PATH_DIMS = 2
+# Parameters are kept for the runs whose parameters are exported (at most MAX_EXPORTED_DIMS):
+# the live page draws the path of those of one or two.
 # The exported float series kept, by their name in the API, and the snapshot field of each.
 FLOATS = (("step", "steps"), ("time", "last_step_timestamp"), ("attempt", "restarts"),
           ("loss", "loss"), ("gradient_norm", "gradient_norm"),
@@ -57,14 +58,16 @@ class History:
         self.alerts = np.zeros((capacity, n), np.uint8)
         self.faults = np.zeros((capacity, n), np.uint16)
         self.present = np.zeros((capacity, n), np.bool_)
-        # The path of runs with at most MAX_PATH_DIMS parameters, in their own slots.
+        # The path of the runs whose parameters the snapshot carries, in their own slots, as
+        # wide as the widest of them.
         small = [(first + i, w.shape[1]) for first, w in snap.parameters
-                 if w.shape[1] <= MAX_PATH_DIMS for i in range(w.shape[0])]
+                 for i in range(w.shape[0])]
         self.path_slot = {row: k for k, (row, _) in enumerate(small)}
         self.dims = {row: d for row, d in small}
         self._path_of = np.full(n, -1, np.int64)  # the same, as an array: -1 for no path
         self._path_of[[row for row, _ in small]] = np.arange(len(small))
-        self.path = np.full((capacity, len(small), MAX_PATH_DIMS), np.nan)
+        width = max((d for _, d in small), default=0)
+        self.path = np.full((capacity, len(small), width), np.nan)
         # What each run's last entry was recorded from; a run with none yet is fresh.
         self._last: tuple[NDArray[Any], ...] = tuple(np.zeros(n) for _ in range(6))
         self._fresh = np.ones(n, np.bool_)
@@ -102,8 +105,6 @@ class History:
 
     def _record_paths(self, snap: Snapshot, changed: NDArray[np.bool_]) -> None:
         for first, w in snap.parameters:
-            if w.shape[1] > MAX_PATH_DIMS:
-                continue
             local = np.flatnonzero(changed[first:first + w.shape[0]])
             if local.size:
                 rows = local + first
@@ -131,8 +132,9 @@ class History:
                                  (new.faults, self.faults), (new.present, self.present)):
                 mine[fresh, d] = theirs[old, s]
             paths = (self._path_of[s] >= 0) & (new._path_of[d] >= 0)
-            new.path[fresh[paths], new._path_of[d[paths]]] = \
-                self.path[old[paths], self._path_of[s[paths]]]
+            width = min(self.path.shape[2], new.path.shape[2])
+            new.path[fresh[paths], new._path_of[d[paths]], :width] = \
+                self.path[old[paths], self._path_of[s[paths]], :width]
         new.count[dst] = self.count[src]
         new._last = tuple(np.zeros(len(new.names), a.dtype) for a in self._last)
         for mine, theirs in zip(new._last, self._last, strict=True):

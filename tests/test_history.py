@@ -125,13 +125,20 @@ def test_a_reload_keeps_the_history_of_unchanged_runs() -> None:
     assert d.history_view("added", 0)["columns"]["step"][0] == 0
 
 
-def test_runs_of_more_than_two_parameters_have_no_path_but_a_parameter_norm() -> None:
-    d, now = daemon("runs:\n  - {name: big, init: 1, landscape: {kind: noisy_quadratic, "
-                    "dims: 20}, optimizer: {learning_rate: 0.1}}\n")
+def test_runs_of_up_to_8_parameters_keep_their_path_and_every_run_its_largest_one() -> None:
+    d, now = daemon("""runs:
+  - {name: big, init: 1, landscape: {kind: noisy_quadratic, dims: 20},
+     optimizer: {learning_rate: 0.1}}
+  - {name: three, init: [1, 2, 3], landscape: {kind: quadratic, curvatures: [1, 2, 3]},
+     optimizer: {learning_rate: 0.1}}
+""")
     drive(d, now, 5)
-    c = d.history_view("big", 0)["columns"]
-    assert "parameters" not in c
-    assert all(v > 0 for v in c["parameter_absmax"])
+    big = d.history_view("big", 0)["columns"]
+    assert "parameters" not in big
+    assert all(v > 0 for v in big["parameter_absmax"])
+    three = d.history_view("three", 0)["columns"]
+    assert three["parameters"][0] == [1.0, 2.0, 3.0]
+    assert three["parameter_absmax"][0] == 3.0
 
 
 def test_history_can_be_switched_off() -> None:
