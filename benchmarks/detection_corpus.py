@@ -133,6 +133,17 @@ def _healthy(g: Rng, seed: int, horizon: int) -> list[tuple[str, dict[str, Any]]
             "optimizer": {"kind": "nesterov", "learning_rate": _u(g, 0.003, 0.012)},
             "schedule": {"kind": "cosine", "eta_min": 1e-4, "T_max": horizon,
                          "warmup": {"steps": 20}}}),
+        ("quadratic-8d-rotated-adam-warmup-cosine", {
+            # Adam circles its optimum: its gradient norm swings past the tolerance while the
+            # loss stays put (above zero: the quadratic's floor), which must read converged.
+            "landscape": {"kind": "quadratic", "condition_number": [10, 30, 100][seed % 3],
+                          "dims": 8, "rotate": True},
+            # (its own generator: the other families keep their draws)
+            "init": ([1, 2, 3][seed % 3] if seed % 2
+                     else _init(np.random.Generator(np.random.PCG64([seed, 8])), 8, 1, 3)),
+            "optimizer": {"kind": "adam", "learning_rate": [0.05, 0.01, 0.005][seed % 3]},
+            "schedule": {"kind": "cosine", "eta_min": 1e-4, "T_max": horizon,
+                         "warmup": {"steps": [10, 20, 50][seed % 3]}}}),
         ("noisy-quadratic-sgd", {
             "landscape": {"kind": "noisy_quadratic", "dims": 100,
                           "batch_size": [4, 32][seed % 2]},

@@ -52,6 +52,11 @@ class Detection(Kind):
         "the smaller of the two halves' sums (0: no allowance)")
     converged_gradient_norm: float = param(
         1e-3, positive, "converged when the gradient norm is at or below this")
+    converged_release_factor: float = param(
+        10.0, at_least_one, "hysteresis: a converged run stays converged while its gradient "
+        "norm is at most this many times `converged_gradient_norm`, or its loss is at most "
+        "`stall_min_improvement` of itself above its lowest since it converged (an optimizer "
+        "such as Adam circles its optimum); it leaves after `clear_steps` steps of neither")
     oscillation_flip_steps: int = param(
         10, _COUNT, "oscillating when the update direction flipped (below) on this many "
         "consecutive steps...")
@@ -67,6 +72,9 @@ class Detection(Kind):
         "log(`divergence_growth_factor`) above its highest value outside such a stretch (0: off)")
     smoothing_steps: int = param(10, _POSITIVE_COUNT, "span n of the moving averages above "
                                                       "(weight 1/n for the newest value)")
+    stall_confirm_steps: int = param(
+        10, _POSITIVE_COUNT, "hysteresis: the stall verdict begins only once its condition has "
+        "held on this many consecutive steps (1: at once), as an alert's `for`")
     clear_steps: int = param(
         10, _POSITIVE_COUNT, "hysteresis: the converged, stall and oscillation verdicts clear "
         "only after their condition has been false on this many consecutive steps (1: at once); "
@@ -94,6 +102,9 @@ class Thresholds:
         self.window: Ints = col("stall_window", np.int64)
         self.min_improvement: Floats = col("stall_min_improvement", np.float64)
         self.tolerance: Floats = col("converged_gradient_norm", np.float64)
+        self.release: Floats = self.tolerance * col("converged_release_factor", np.float64)
+        self.rise: Floats = col("stall_min_improvement", np.float64)
+        self.stall_confirm: Counts = col("stall_confirm_steps", np.int32)
         self.flip_steps: Counts = col("oscillation_flip_steps", np.int32)
         self.osc_improvement: Floats = col("oscillation_min_improvement", np.float64)
         rate = col("divergence_growth_rate", np.float64)
@@ -176,6 +187,17 @@ def diverging(finite: Bools, loss: Floats, param_absmax: Floats, streak: Counts,
 def converged(grad_norm: Floats, tolerance: Floats) -> Bools:
     """Convergence: the gradient norm is at or below its tolerance."""
     result: Bools = grad_norm <= tolerance
+    return result
+
+
+def still_converged(grad_norm: Floats, loss: Floats, floor: Floats, release: Floats,
+                    rise: Floats) -> Bools:
+    """A converged run stays converged while its gradient norm is at most ``release`` or its
+    loss stands at most ``rise`` (a fraction of itself) above ``floor``, the lowest loss since
+    it converged: an optimizer such as Adam circles its optimum, its gradient norm swinging
+    well past the tolerance while its loss stays put. The loss test reads nothing where the
+    optimum's loss is 0 (no fraction of it is any room); the gradient band still does."""
+    result: Bools = (grad_norm <= release) | (loss <= floor + rise * np.abs(floor))
     return result
 
 

@@ -1,6 +1,6 @@
 """Detector quality on the labelled corpus (benchmarks/detection_corpus.py).
 
-The test runs 20 seeds (580 runs, 600 steps each, a few seconds); docs/detection.md records the
+The test runs 20 seeds (600 runs, 600 steps each, a few seconds); docs/detection.md records the
 50-seed figures. The corpus is seeded, so every figure here is deterministic: the margins
 below are not for sampling noise between test runs but let a change to a detector or a
 landscape trade a few runs either way without editing this file, while a regression that
@@ -8,13 +8,12 @@ costs more than about 5 % of a class fails it. Measured on 20 seeds when written
 50 seeds, the same to within 0.01):
 
     divergence  precision 1.000  recall 1.000
-    stall       precision 0.976  recall 1.000   (50 seeds: 0.968 / 0.993)
+    stall       precision 1.000  recall 1.000   (50 seeds: 1.000 / 0.993)
     oscillation precision 0.870  recall 0.500
 
-The weaknesses left are recorded in docs/detection.md, not tuned away: the stall fires for a
-few steps on some Nesterov runs ringing in their last approach to an optimum above zero loss,
-and the oscillation detector sees only step-to-step flips, not the slow ringing of heavy
-momentum.
+The weaknesses left are recorded in docs/detection.md, not tuned away: the stall reads a run
+improving by less than m per window as stalled however close to its optimum it is, and the
+oscillation detector sees only step-to-step flips, not the slow ringing of heavy momentum.
 """
 
 from __future__ import annotations
@@ -28,7 +27,7 @@ SEEDS = range(20)
 # Floors: the measured value minus a margin of about 0.05 (see the module docstring).
 FLOORS = {
     "divergence": (0.99, 0.97),  # (precision, recall)
-    "stall": (0.92, 0.95),
+    "stall": (0.95, 0.95),
     "oscillation": (0.80, 0.45),
 }
 
@@ -50,7 +49,7 @@ def test_the_corpus_covers_every_kind_across_seeds(outcomes: list[Outcome]) -> N
 
 
 # Healthy runs with gradient or loss noise: at their noise floor, or improving more slowly than
-# their loss noise shows. The issue's requirement: no stall on any of them.
+# their loss noise shows: none of them may stall.
 NOISY_HEALTHY = {"logistic-sgd", "logistic-adamw", "noisy-quadratic-sgd", "noisy-quadratic-adam",
                  "bowl-momentum-noisy", "bowl-sgd-slow-improving"}
 
@@ -85,13 +84,14 @@ def test_every_injected_divergence_is_caught_within_a_hundred_steps(
     assert late == []
 
 
-def test_a_plateau_fault_on_a_descending_run_is_a_stall_within_one_window(
+def test_a_plateau_fault_on_a_descending_run_is_a_stall_within_a_window_and_its_confirmation(
         outcomes: list[Outcome]) -> None:
-    # stall_window is 20 steps; the flat window is complete 2 h = 20 steps after the freeze.
+    # stall_window is 20 steps; the flat window is complete 2 h = 20 steps after the freeze,
+    # and the verdict begins once the condition has held for stall_confirm_steps (10).
     faults = [o for o in outcomes if o.case.family.startswith("plateau-fault-")]
     missed = [o.case.name for o in faults
               if o.first_after_onset["stall"] is None
-              or o.first_after_onset["stall"] - o.case.onset > 21]
+              or o.first_after_onset["stall"] - o.case.onset > 31]
     assert faults and missed == []
 
 

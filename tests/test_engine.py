@@ -179,7 +179,9 @@ runs:
     engine = Engine(cfg.runs)
     engine.advance(19.0)
     assert [STATES[s] for s in engine.runs.state] == ["running", "running"]  # window not yet full
-    engine.advance(25.0)
+    engine.advance(28.0)  # the condition has held since step 19, for 9 steps
+    assert [STATES[s] for s in engine.runs.state] == ["running", "running"]
+    engine.advance(29.0)  # ... and now for stall_confirm_steps (10)
     assert [STATES[s] for s in engine.runs.state] == ["stalled", "running"]
     assert engine.snapshot(1).alerts[:, ALERTS.index("stall")].tolist() == [True, False]
 

@@ -181,7 +181,8 @@ class Engine:
         return rec
 
     def clear(self, run: str, fault_id: str) -> FaultRecord:
-        """End a fault now (or drop it if it has not begun); KeyError if there is none."""
+        """End a fault now (or drop it if it has not begun); KeyError if the run has none such
+        active or to come."""
         rec = self.timeline.clear(run, fault_id, self.now)
         self._faults_changed()
         return rec
@@ -244,6 +245,7 @@ class Engine:
             streak=zero, streak_base=loss0, level=level0, peak=level0, rate_streak=zero,
             cosine=np.zeros(m), flip_streak=zero,
             conv_hold=self.th.clear_steps[rows] * conv, osc_hold=zero, stall_hold=zero,
+            stall_streak=zero, conv_floor=np.where(conv, loss0, np.inf),
             diverged=no, converged=conv, stalled=no, oscillating=no,
             state=state_of(conv, no, no, step, self.steps_max[rows])))
         self.window.reset(rows, loss0, grad_norm)
@@ -366,18 +368,25 @@ class Engine:
                      th.noise_coef[rows] * np.minimum(older_dloss, recent_dloss)
                      + _ROUNDING * np.abs(sums[LOSS]))
         ok = ~diverged
-        conv_hold = detectors.hold(detectors.converged(s.grad_norm, th.tolerance[rows]),
-                                   r.conv_hold[rows], th.clear_steps[rows])
+        was = r.converged[rows]
+        floor = r.conv_floor[rows]
+        conv = detectors.converged(s.grad_norm, th.tolerance[rows])
+        if was.any():
+            conv |= was & detectors.still_converged(s.grad_norm, s.loss, floor,
+                                                    th.release[rows], th.rise[rows])
+        conv_hold = detectors.hold(conv, r.conv_hold[rows], th.clear_steps[rows])
         converged = (conv_hold > 0) & ok
+        floor = np.where(converged, np.minimum(np.where(was, floor, s.loss), s.loss), np.inf)
         osc = self._oscillation(g, s, blocks, flat, ~converged & ok)
-        stall_hold = self._stall(s, blocks, flat, ~converged & ok)
+        stall_streak, stall_hold = self._stall(s, blocks, flat, ~converged & ok)
         stalled = (stall_hold > 0) & ~converged & ~osc.oscillating & ok
         return Attempt(
             step=s.step, loss=s.loss, grad_norm=s.grad_norm, param_absmax=s.absmax, lr=s.lr,
             update_norm=np.where(s.held, r.update_norm[rows], osc.step_norm), drift=s.drift,
             last_step_time=s.stepped_at, streak=streak, streak_base=base, level=level,
             peak=peak, rate_streak=rate_streak, cosine=osc.cosine, flip_streak=osc.flips,
-            conv_hold=conv_hold, osc_hold=osc.hold, stall_hold=stall_hold, diverged=diverged,
+            conv_hold=conv_hold, conv_floor=floor, osc_hold=osc.hold, stall_hold=stall_hold,
+            stall_streak=stall_streak, diverged=diverged,
             converged=converged, stalled=stalled, oscillating=osc.oscillating,
             state=state_of(converged, stalled, diverged, s.step, self.steps_max[rows])), sums
 
@@ -412,9 +421,10 @@ class Engine:
         return _Oscillation(step_norm, cosine, flips, hold, (hold > 0) & open_)
 
     def _stall(self, s: _Step, blocks: Blocks, flat: _Flat,
-               open_: Bools) -> Counts:
+               open_: Bools) -> tuple[Counts, Counts]:
         """Stall: the loss is flat beyond its noise, the updates barely move it and the
-        gradient is not falling (``open_``: not converged, not diverged); its countdown."""
+        gradient is not falling (``open_``: not converged, not diverged), on ``stall_confirm``
+        consecutive steps; its streak and its countdown."""
         r, th, rows = self.runs, self.th, s.rows
         min_improvement = th.min_improvement[rows]
         relative = min_improvement * flat.scale
@@ -424,7 +434,12 @@ class Engine:
             effect = recent_effect * blocks.h
             stall &= ~detectors.moving(effect, relative)
             stall &= ~detectors.converging(older_grad, recent_grad, effect, min_improvement)
-        return detectors.hold(stall, r.stall_hold[rows], th.clear_steps[rows])
+        # It begins after stall_confirm steps of the condition; once active, the condition
+        # keeps it as for any verdict.
+        streak = detectors.count_while(stall, r.stall_streak[rows])
+        held = r.stall_hold[rows]
+        return streak, detectors.hold(stall & ((streak >= th.stall_confirm[rows]) | (held > 0)),
+                                      held, th.clear_steps[rows])
 
     def _commit(self, g: Group, s: _Step, mask: Bools | None, new: Attempt,
                 sums: Floats) -> None:

@@ -55,8 +55,10 @@ class Attempt:
     flip_streak: Counts = field(metadata=_I32)
     # Hysteresis countdowns: a verdict stays while its countdown is positive.
     conv_hold: Counts = field(metadata=_I32)
+    conv_floor: Floats = field(metadata=_F64)  # the lowest loss since converged (inf: not)
     osc_hold: Counts = field(metadata=_I32)
     stall_hold: Counts = field(metadata=_I32)
+    stall_streak: Counts = field(metadata=_I32)  # consecutive steps the stall condition held
     diverged: Bools = field(metadata=_BOOL)
     converged: Bools = field(metadata=_BOOL)
     stalled: Bools = field(metadata=_BOOL)
