@@ -1,9 +1,10 @@
 """The ``trainsim`` command: its arguments, and which stage each subcommand runs.
 
-``run`` (the daemon, ``simulator.daemon.serve``), ``validate`` (config files), the control
-API client commands ``runs``, ``fault inject|clear`` and ``pause|resume|restart``
-(``simulator.web.client``), ``drill`` (``simulator.drills.runner``) and ``webhook`` (an
-Alertmanager webhook receiver, ``simulator.web.webhook``).
+``run`` (the daemon, ``simulator.daemon.serve``), ``validate`` (config and drill files), the
+control API client commands ``runs``, ``fault inject|clear`` and ``pause|resume|restart``
+(``simulator.web.client``), ``drill`` (``simulator.drills.runner``), ``webhook`` (an
+Alertmanager webhook receiver, ``simulator.web.webhook``) and ``init`` (the shipped stack into
+a directory, ``simulator.scaffold``).
 
 A user's mistake (bad config, bad flag) gets one clear line per problem and exit status 2,
 never a traceback. A client command the daemon refuses exits 1 with the daemon's message.
@@ -15,17 +16,20 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import structlog
 
-from simulator import __version__, logs
-from simulator.config import ConfigError, load_file
+from simulator import __version__, logs, scaffold
+from simulator.config import ConfigError, build_config
 from simulator.config.shards import Shard, parse_shard, shard_config
 from simulator.daemon import serve
 from simulator.drills import runner
+from simulator.drills.file import build_drill, is_drill
 from simulator.faults.catalogue import FAULT_KINDS
 from simulator.schema.errors import UsageError
+from simulator.schema.loader import read_yaml_file
 from simulator.web import client, webhook
 from simulator.web.auth import control_settings
 from simulator.web.server import parse_listen_address
@@ -51,6 +55,16 @@ def _shard(value: str) -> Shard:
         return parse_shard(value)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _loopback_port(value: str) -> str:
+    try:
+        port = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a port number, got {value!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 65535, got {value}")
+    return f"127.0.0.1:{port}"
 
 
 def _positive_int(value: str) -> int:
@@ -82,8 +96,26 @@ _SHARD_HELP = ("simulate only shard INDEX of COUNT: the runs whose stable name h
                "mod COUNT (COUNT daemons with INDEX 0..COUNT-1 split the runs without overlap)")
 
 
+_TOKEN_HELP = ("file holding the control API's bearer token (default: the "
+               f"{client.TOKEN_ENV} environment variable, if set)")
+_OUTPUT_HELP = "a table for people (default) or JSON for programs"
+
+
+def _token_file(parser: Any, help: str = _TOKEN_HELP) -> None:
+    """The control token's file, under its one name (``--token-file``, its former name on the
+    client commands and the drill, stays as a hidden alias)."""
+    parser.add_argument("--web.control-token-file", dest="token_file", metavar="FILE",
+                        help=help)
+    parser.add_argument("--token-file", dest="token_file", help=argparse.SUPPRESS)
+
+
 def _add_run(sub: Any) -> None:
-    run = sub.add_parser("run", help="run the daemon")
+    run = sub.add_parser(
+        "run", help="run the daemon",
+        description="Replay the configured runs as training jobs and serve their metrics at "
+                    "/metrics, the live page at /, and the control API at /api/v1 (default: "
+                    "the embedded seed config, on 127.0.0.1:9310). SIGHUP reloads the config "
+                    "and the token file; SIGTERM or Ctrl-C stops.")
     run.add_argument("--config.file", dest="config_file", metavar="FILE",
                      help="YAML config (default: the embedded configs/default.yaml)")
     run.add_argument("--web.listen-address", dest="listen_address", metavar="HOST:PORT",
@@ -94,14 +126,14 @@ def _add_run(sub: Any) -> None:
                      help="simulated time runs X times faster than the wall clock (default 1)")
     run.add_argument("--log.format", dest="log_format", choices=("auto", "console", "json"),
                      default="auto", help="console on a TTY and JSON otherwise by default")
-    run.add_argument("--log.level", dest="log_level", choices=logs.LEVELS, default="info")
+    run.add_argument("--log.level", dest="log_level", choices=logs.LEVELS, default="info",
+                     help="the least severe events logged (default info)")
     run.add_argument("--web.enable-control-api", dest="control_api",
                      action=argparse.BooleanOptionalAction, default=True,
                      help="allow the control API's changes (fault injection, pause, resume, "
                           "restart); reads stay available either way (default: enabled)")
-    run.add_argument("--web.control-token-file", dest="control_token_file", metavar="FILE",
-                     help="file holding the bearer token the control API's changes require; "
-                          "mandatory when listening beyond loopback with the API enabled")
+    _token_file(run, "file holding the bearer token the control API's changes require; "
+                     "mandatory when listening beyond loopback with the API enabled")
     run.add_argument("--shard", type=_shard, metavar="INDEX/COUNT", help=_SHARD_HELP)
 
 
@@ -109,34 +141,41 @@ def _add_client_commands(sub: Any) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--url", default=client.DEFAULT_URL,
                         help=f"the daemon's address (default {client.DEFAULT_URL})")
-    common.add_argument("--token-file", metavar="FILE",
-                        help=f"file holding the control API's bearer token (default: the "
-                             f"{client.TOKEN_ENV} environment variable, if set)")
-    runs = sub.add_parser("runs", parents=[common], help="list the runs of a running daemon")
-    runs.add_argument("--output", choices=("table", "json"), default="table")
-    fault = sub.add_parser("fault", help="inject or clear faults on a running daemon")
-    fault_sub = fault.add_subparsers(dest="fault_command", required=True, metavar="COMMAND")
+    _token_file(common)
+    runs = sub.add_parser("runs", parents=[common], help="list the runs of a running daemon",
+                          description="Every run of a running daemon with its state, step, "
+                                      "loss, alerts and active faults.")
+    runs.add_argument("--output", choices=("table", "json"), default="table", help=_OUTPUT_HELP)
+    fault = sub.add_parser("fault", help="inject or clear faults on a running daemon",
+                           description="Inject a fault into a run of a running daemon now, or "
+                                       "end one (docs/faults.md lists the kinds).")
+    fault_sub = fault.add_subparsers(dest="fault_command", required=True, metavar="COMMAND",
+                                     help="inject or clear")
     inject = fault_sub.add_parser("inject", parents=[common], help="inject a fault now; "
-                                  "prints its id")
-    inject.add_argument("run", metavar="RUN")
+                                  "prints its id", description="Inject a fault now; prints "
+                                  "its id, which `trainsim fault clear` takes.")
+    inject.add_argument("run", metavar="RUN", help="the run's name")
     inject.add_argument("kind", metavar="KIND", help=", ".join(FAULT_KINDS))
     length = inject.add_mutually_exclusive_group()
-    length.add_argument("--for", dest="duration", metavar="DURATION",
+    length.add_argument("--duration", dest="duration", metavar="DURATION",
                         help="how long, e.g. 60s or 2m (default: until cleared; drift and "
                              "crash have their own defaults)")
+    length.add_argument("--for", dest="duration", help=argparse.SUPPRESS)
     length.add_argument("--steps", type=_positive_int, metavar="N",
                         help="how long, in steps of the run")
     inject.add_argument("--param", dest="params", action="append", type=_param, default=[],
                         metavar="NAME=VALUE", help="a parameter of the kind, e.g. factor=20 "
                         "(repeatable)")
-    clear = fault_sub.add_parser("clear", parents=[common], help="end a fault now")
-    clear.add_argument("run", metavar="RUN")
-    clear.add_argument("fault_id", metavar="ID")
+    clear = fault_sub.add_parser("clear", parents=[common], help="end a fault now",
+                                 description="End an active fault now (a scheduled one that "
+                                             "has not begun is dropped).")
+    clear.add_argument("run", metavar="RUN", help="the run's name")
+    clear.add_argument("fault_id", metavar="ID", help="the fault's id, as inject printed it")
     for action, text in (("pause", "stop a run from stepping (its series stay)"),
                          ("resume", "let a paused run step again"),
-                         ("restart", "restart a run from step 0")):
-        p = sub.add_parser(action, parents=[common], help=text)
-        p.add_argument("run", metavar="RUN")
+                         ("restart", "restart a run from step 0, as a rescheduled job")):
+        p = sub.add_parser(action, parents=[common], help=text, description=text.capitalize())
+        p.add_argument("run", metavar="RUN", help="the run's name")
 
 
 def _add_drill(sub: Any) -> None:
@@ -146,20 +185,28 @@ def _add_drill(sub: Any) -> None:
                     "Alertmanager on loopback (the shipped rules in the fast profile) and clean "
                     "them up; with them, drill a running stack. Exit 0 if every expectation "
                     "holds, 1 if one fails, 2 for a bad drill file, 3 if the drill could not run.")
-    drill.add_argument("file", metavar="DRILL.yaml")
+    drill.add_argument("file", metavar="DRILL.yaml", help="the drill file (configs/drills/)")
     drill.add_argument("--daemon", metavar="URL", help="a running daemon's control API")
     drill.add_argument("--prometheus", metavar="URL", help="the Prometheus that scrapes it")
     drill.add_argument("--alertmanager", metavar="URL", help="its Alertmanager (optional)")
-    drill.add_argument("--token-file", metavar="FILE", help="the daemon's control token")
+    _token_file(drill, "against a running stack: the daemon's control token file (default: "
+                       f"the {client.TOKEN_ENV} environment variable, if set)")
     drill.add_argument("--speed", type=_speed, metavar="X",
                        help="against a running stack: its daemon's --speed (default 1); "
                             "self-contained: overrides the drill file's speed")
     drill.add_argument("--rules", metavar="DIR",
                        help="self-contained: the rule files to drill (*.yml; default: the "
                             "shipped configs/prometheus/rules)")
-    drill.add_argument("--webhook-port", type=int, default=0, metavar="PORT",
-                       help="port of the built-in webhook receiver (default: any free port)")
-    drill.add_argument("--output", choices=("table", "json"), default="table")
+    drill.add_argument("--alertmanager.config", dest="alertmanager_config", metavar="FILE",
+                       help="self-contained: the Alertmanager config to drill (default: the "
+                            "shipped configs/alertmanager/alertmanager.yml)")
+    drill.add_argument("--webhook.listen-address", dest="webhook_address", metavar="HOST:PORT",
+                       default="127.0.0.1:0",
+                       help="address of the drill's own webhook receiver, which hears "
+                            "Alertmanager's notifications (default: a free port on 127.0.0.1)")
+    drill.add_argument("--webhook-port", dest="webhook_address", type=_loopback_port,
+                       help=argparse.SUPPRESS)
+    drill.add_argument("--output", choices=("table", "json"), default="table", help=_OUTPUT_HELP)
     drill.add_argument("--junit", metavar="FILE", help="also write a JUnit XML report")
 
 
@@ -175,6 +222,26 @@ def _add_webhook(sub: Any) -> None:
                            f"(default {DEFAULT_WEBHOOK_ADDRESS})")
     hook.add_argument("--log.format", dest="log_format", choices=("auto", "console", "json"),
                       default="auto", help="console on a TTY and JSON otherwise by default")
+    hook.add_argument("--log.level", dest="log_level", choices=logs.LEVELS, default="info",
+                      help="the least severe events logged (default info)")
+
+
+def _add_init(sub: Any) -> None:
+    init = sub.add_parser(
+        "init", help="write the shipped configs, rules, drills, dashboards and compose stack "
+                     "into a directory",
+        description="Write everything trainsim ships (run configs, scenarios, drills, "
+                    "Prometheus and Alertmanager configs and rules, Grafana dashboards, "
+                    "runbooks, and a docker-compose stack whose image is built from a copy of "
+                    "this installation) into DIR, to edit and run without the repository.")
+    init.add_argument("dir", nargs="?", default=".", metavar="DIR",
+                      help="where to write (created if missing; default: the current directory)")
+    init.add_argument("--runbook-base-url", metavar="URL",
+                      help="where the alerts' runbook_url links point: URL#<alert> for each "
+                           "rule, URL being where you host docs/runbooks.md (default: "
+                           f"{scaffold.DEFAULT_RUNBOOK_BASE_URL})")
+    init.add_argument("--force", action="store_true",
+                      help="overwrite files that exist (only the files init writes)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -184,31 +251,39 @@ def build_parser() -> argparse.ArgumentParser:
         description="Replays gradient-descent runs as mock ML training jobs with Prometheus "
                     "metrics.")
     parser.add_argument("--version", action="version", version=f"trainsim {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                help="what to do (trainsim COMMAND --help for its options)")
     _add_run(sub)
-    validate = sub.add_parser("validate", help="check config files without starting anything")
-    validate.add_argument("files", nargs="+", metavar="FILE")
+    validate = sub.add_parser(
+        "validate", help="check config and drill files without starting anything",
+        description="Check run configs and drill files (a drill file is recognised by its "
+                    "`drill` or `expect` key); every mistake is one line FILE:LINE: path: "
+                    "message. Exit 0 if all are valid, 2 if any is not.")
+    validate.add_argument("files", nargs="+", metavar="FILE",
+                          help="config or drill files (YAML)")
     validate.add_argument("--shard", type=_shard, metavar="INDEX/COUNT",
                           help="also print the runs this shard would hold, one per line")
     _add_client_commands(sub)
     _add_drill(sub)
     _add_webhook(sub)
+    _add_init(sub)
     return parser
 
 
 # --------------------------------------------------------------------------- dispatch
 
 
-def _listen(address: str) -> str:
+def _listen(address: str, flag: str = "--web.listen-address") -> str:
     try:
         parse_listen_address(address)
     except ValueError as exc:
-        raise UsageError(f"--web.listen-address: {exc}") from None
+        raise UsageError(f"{flag}: {exc}") from None
     return address
 
 
 def _cannot_listen(address: str, exc: OSError) -> int:
-    print(f"trainsim: cannot listen on {address}: {exc.strerror}", file=sys.stderr)
+    print(f"trainsim: cannot listen on {address}: {exc.strerror} (choose another address "
+          f"with --web.listen-address)", file=sys.stderr)
     return 1
 
 
@@ -218,9 +293,8 @@ def _run(args: argparse.Namespace) -> int:
     options = serve.Options(
         config_file=args.config_file, shard=args.shard,
         listen_address=_listen(args.listen_address), speed=args.speed,
-        control=control_settings(args.control_api, args.control_token_file,
-                                 args.listen_address),
-        token_file=args.control_token_file)
+        control=control_settings(args.control_api, args.token_file, args.listen_address),
+        token_file=args.token_file)
     try:
         serve.serve(options, config, structlog.get_logger("trainsim"))
     except OSError as exc:
@@ -232,19 +306,30 @@ def _validate(args: argparse.Namespace) -> int:
     status = 0
     for path in args.files:
         try:
-            cfg = load_file(path)
+            print("\n".join(_checked(path, args.shard)))
         except ConfigError as exc:
             print(exc, file=sys.stderr)
             status = EXIT_USAGE
-            continue
-        if args.shard is None:
-            print(f"{path}: ok ({len(cfg.runs)} runs)")
-            continue
-        held = shard_config(cfg, args.shard).runs
-        print(f"{path}: ok ({len(cfg.runs)} runs; shard {args.shard} holds {len(held)})")
-        for spec in held:
-            print(spec.name)
     return status
+
+
+def _checked(path: str, shard: Shard | None) -> list[str]:
+    """What ``validate`` says of a valid config or drill file (ConfigError otherwise)."""
+    doc = read_yaml_file(path)
+    if is_drill(doc):
+        d = build_drill(doc, Path(path))
+        return [f"{path}: ok (drill {d.name}: {_count(len(d.injections), 'injection')}, "
+                f"{_count(len(d.expectations), 'expectation')})"]
+    cfg = build_config(doc, str(Path(path)))
+    if shard is None:
+        return [f"{path}: ok ({len(cfg.runs)} runs)"]
+    held = shard_config(cfg, shard).runs
+    return [f"{path}: ok ({len(cfg.runs)} runs; shard {shard} holds {len(held)})",
+            *(spec.name for spec in held)]
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _control(args: argparse.Namespace) -> int:
@@ -277,12 +362,13 @@ def _drill(args: argparse.Namespace) -> int:
     return runner.main(runner.Options(
         file=args.file, daemon=args.daemon, prometheus=args.prometheus,
         alertmanager=args.alertmanager, token_file=args.token_file, speed=args.speed,
-        rules=args.rules, webhook_port=args.webhook_port, output=args.output,
-        junit=args.junit))
+        rules=args.rules, alertmanager_config=args.alertmanager_config,
+        webhook_address=_listen(args.webhook_address, "--webhook.listen-address"),
+        output=args.output, junit=args.junit))
 
 
 def _webhook(args: argparse.Namespace) -> int:
-    logs.configure(args.log_format)
+    logs.configure(args.log_format, args.log_level)
     try:
         webhook.serve(_listen(args.listen_address), structlog.get_logger("trainsim"))
     except OSError as exc:
@@ -290,8 +376,18 @@ def _webhook(args: argparse.Namespace) -> int:
     return 0
 
 
+def _init(args: argparse.Namespace) -> int:
+    target = Path(args.dir)
+    written = scaffold.init(target, args.runbook_base_url, args.force)
+    top = sorted({name.split("/")[0] + ("/" if "/" in name else "") for name in written.files})
+    print(f"wrote {len(written.files)} files into {target}: {', '.join(top)}")
+    print(f"next: cd {target} && GRAFANA_ADMIN_PASSWORD=change-me docker compose up --build "
+          "(or: trainsim run --config.file configs/default.yaml)")
+    return 0
+
+
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "run": _run, "validate": _validate, "drill": _drill, "webhook": _webhook}
+    "run": _run, "validate": _validate, "drill": _drill, "webhook": _webhook, "init": _init}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

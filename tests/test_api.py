@@ -569,7 +569,7 @@ def test_missing_token_file_is_a_usage_error(tmp_path: Path) -> None:
 
 def settings_of(args: Any) -> auth.ControlSettings:
     """The control API settings ``trainsim run`` takes from its flags."""
-    return auth.control_settings(args.control_api, args.control_token_file, args.listen_address)
+    return auth.control_settings(args.control_api, args.token_file, args.listen_address)
 
 
 @pytest.mark.parametrize(("address", "flags", "allowed"), [

@@ -71,8 +71,8 @@ def test_runs_as_json(daemon: Any, capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_fault_inject_prints_the_id_and_clear_ends_it(
         daemon: Any, capsys: pytest.CaptureFixture[str]) -> None:
-    status, out, err = trainsim(capsys, "fault", "inject", "alpha", "lr_spike", "--for", "2m",
-                                "--param", "factor=20", "--url", daemon.url)
+    status, out, err = trainsim(capsys, "fault", "inject", "alpha", "lr_spike", "--duration",
+                                "2m", "--param", "factor=20", "--url", daemon.url)
     assert status == 0 and err == ""
     fault_id = out.strip()
     (fault,) = runs(daemon)["alpha"]["faults"]
@@ -81,6 +81,18 @@ def test_fault_inject_prints_the_id_and_clear_ends_it(
     status, out, _ = trainsim(capsys, "fault", "clear", "alpha", fault_id, "--url", daemon.url)
     assert status == 0 and fault_id in out
     assert runs(daemon)["alpha"]["faults"] == []
+    # Cleared is ended: a second clear is the same 404 as GET on the fault.
+    status, _, err = trainsim(capsys, "fault", "clear", "alpha", fault_id, "--url", daemon.url)
+    assert status == 1
+    assert one_line(err) == f"trainsim: 404 run 'alpha' has no active fault '{fault_id}'"
+
+
+def test_the_former_duration_flag_still_works(daemon: Any,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    status, _, _ = trainsim(capsys, "fault", "inject", "alpha", "plateau", "--for", "90s",
+                            "--url", daemon.url)
+    assert status == 0
+    assert runs(daemon)["alpha"]["faults"][0]["duration_seconds"] == 90.0
 
 
 def test_fault_inject_with_steps(daemon: Any, capsys: pytest.CaptureFixture[str]) -> None:
@@ -180,7 +192,7 @@ def test_token_from_a_file(token_daemon: Any, tmp_path: Path,
     token_file = tmp_path / "client-token"
     token_file.write_text(f"  {TOKEN}\n")
     status, _, err = trainsim(capsys, "pause", "alpha", "--url", token_daemon.url,
-                              "--token-file", str(token_file))
+                              "--web.control-token-file", str(token_file))
     assert status == 0, err
     assert runs(token_daemon)["alpha"]["paused"] is True
 
@@ -197,11 +209,23 @@ def test_missing_or_wrong_token_exits_1(token_daemon: Any, monkeypatch: pytest.M
                                         capsys: pytest.CaptureFixture[str]) -> None:
     status, _, err = trainsim(capsys, "pause", "alpha", "--url", token_daemon.url)
     assert status == 1 and one_line(err).startswith("trainsim: 401 ")
+    assert err.rstrip().endswith(f"pass the daemon's token with --web.control-token-file FILE "
+                                 f"or the {TOKEN_ENV} environment variable")
     monkeypatch.setenv(TOKEN_ENV, "wrong")
     status, _, err = trainsim(capsys, "pause", "alpha", "--url", token_daemon.url)
     assert status == 1 and one_line(err).startswith("trainsim: 401 ")
     assert "wrong" not in err and TOKEN not in err
     assert runs(token_daemon)["alpha"]["paused"] is False
+
+
+def test_the_former_token_flag_still_works(token_daemon: Any, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    token_file = tmp_path / "client-token"
+    token_file.write_text(TOKEN)
+    status, _, err = trainsim(capsys, "pause", "alpha", "--url", token_daemon.url,
+                              "--token-file", str(token_file))
+    assert status == 0, err
+    assert runs(token_daemon)["alpha"]["paused"] is True
 
 
 def test_runs_needs_no_token(token_daemon: Any, capsys: pytest.CaptureFixture[str]) -> None:

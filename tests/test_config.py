@@ -194,4 +194,4 @@ def test_missing_config_file_is_one_line_exit_2(tmp_path: Path) -> None:
     res = _run_cli("validate", str(tmp_path / "nope.yaml"))
     assert res.returncode == 2
     missing = tmp_path / "nope.yaml"
-    assert res.stderr.strip() == f"{missing}:0: cannot read: No such file or directory"
+    assert res.stderr.strip() == f"{missing}: cannot read: No such file or directory"

@@ -174,15 +174,18 @@ def test_signals_in_quick_succession_are_harmless(daemon_factory: Any) -> None:
     assert d.proc.wait(timeout=5) == 0
 
 
-def test_listen_address_in_use_is_one_line(daemon_factory: Any) -> None:
+def test_listen_address_in_use_is_one_line_naming_the_flag_before_any_run_starts(
+        daemon_factory: Any) -> None:
     d = daemon_factory()
     import sys
 
     res = subprocess.run([sys.executable, "-m", "simulator", "run", "--web.listen-address",
                           d.address], capture_output=True, text=True, timeout=30)
     assert res.returncode == 1
-    assert res.stderr.strip().endswith("Address already in use")
-    assert "Traceback" not in res.stderr
+    assert res.stderr.splitlines() == [
+        f"trainsim: cannot listen on {d.address}: Address already in use "
+        "(choose another address with --web.listen-address)"]
+    assert "run_started" not in res.stdout + res.stderr
 
 
 def test_promtool_check_metrics_accepts_a_real_scrape(daemon_factory: Any, tmp_path: Path) -> None:
@@ -195,3 +198,18 @@ def test_promtool_check_metrics_accepts_a_real_scrape(daemon_factory: Any, tmp_p
                          timeout=30)
     assert res.returncode == 0, res.stderr.decode()
     assert res.stdout.decode() + res.stderr.decode() == ""
+
+
+def test_listening_names_the_pid_and_url_and_a_loop_logs_a_restart_not_a_recovery(
+        daemon_factory: Any, write_config: Any) -> None:
+    d = daemon_factory(write_config(
+        "runs: [{name: looping, steps: 5, step_interval: 100ms, loop: true, init: 5.5,\n"
+        "        optimizer: {learning_rate: 0.2}}]\n"), speed=10)
+    (listening,) = events(d, "listening")
+    assert listening["pid"] == d.proc.pid
+    assert listening["url"] == f"http://{listening['address']}/"  # the live page
+    wait_for(lambda: len(events(d, "run_restarted")) >= 3, what="three loops")
+    finished = [e for e in d.events() if e.get("run") == "looping"
+                and e.get("previous_state") == "finished"]
+    assert finished == []
+    assert events(d, "run_recovered") == []

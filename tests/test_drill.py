@@ -17,7 +17,14 @@ import pytest
 from simulator.config import ConfigError
 from simulator.drills.file import load_drill
 from simulator.drills.report import render_json, render_junit, render_table
-from simulator.drills.scoring import FAIL, PASS, WAITING, Observations, evaluate
+from simulator.drills.scoring import (
+    FAIL,
+    PASS,
+    WAITING,
+    Observations,
+    evaluate,
+    progress_line,
+)
 from tests.conftest import need_binary
 
 REPO = Path(__file__).resolve().parent.parent
@@ -129,7 +136,7 @@ def test_a_late_alert_fails_on_latency(tmp_path: Path) -> None:
     drill = load_drill(quick_drill(tmp_path, firing_within="1m"))
     (r,) = evaluate(drill, observed(firing=6.0, notified=7.0), now=20.0).results
     assert r.status == FAIL
-    assert r.message == "fired after 2.0m, budget 60.0s"
+    assert r.message == "fired after 120.0s, budget 60.0s"
 
 
 def test_a_missing_alert_waits_then_times_out_as_a_failure(tmp_path: Path) -> None:
@@ -137,7 +144,7 @@ def test_a_missing_alert_waits_then_times_out_as_a_failure(tmp_path: Path) -> No
     obs = observed(firing=None)
     assert evaluate(drill, obs, now=5.0).results[0].status == WAITING
     late = evaluate(drill, obs, now=1.0 + 180 / 20 + 0.1).results[0]
-    assert (late.status, late.message) == (FAIL, "did not fire within 3.0m (only pending)")
+    assert (late.status, late.message) == (FAIL, "did not fire within 180.0s (only pending)")
     final = evaluate(drill, obs, now=2.0, final=True)
     assert final.results[0].status == FAIL and not final.passed
 
@@ -145,7 +152,7 @@ def test_a_missing_alert_waits_then_times_out_as_a_failure(tmp_path: Path) -> No
 def test_a_missing_notification_fails_and_a_forbidden_one_fails(tmp_path: Path) -> None:
     drill = load_drill(quick_drill(tmp_path))
     r = evaluate(drill, observed(firing=6.0), now=1.0 + 240 / 20 + 0.1).results[0]
-    assert (r.status, r.message) == (FAIL, "no notification within 4.0m")
+    assert (r.status, r.message) == (FAIL, "no notification within 240.0s")
     import dataclasses
 
     quiet = dataclasses.replace(drill, expectations=(
@@ -169,6 +176,36 @@ def test_silent_alerts_that_fire_are_false_positives_and_pending_ones_near_misse
     assert [t.labels["alertname"] for t in card.false_positives] == ["TrainsimLossRising"]
 
 
+def test_progress_names_each_alerts_phase_and_the_budget_left(tmp_path: Path) -> None:
+    drill = load_drill(quick_drill(tmp_path))  # speed 20, firing within 180 s, notify 240 s
+    quiet = Observations()
+    assert progress_line(evaluate(drill, quiet, now=0.5), 0.5) == (
+        "[quick] t=10s: TrainsimRunDiverging awaiting injection")
+    obs = observed(firing=None)  # injected at drill time 1.0 (run time 20 s), pending since 1.5
+    assert progress_line(evaluate(drill, obs, now=2.0), 2.0) == (
+        "[quick] t=40s: TrainsimRunDiverging pending, 160s left")
+    obs = observed(firing=6.0)  # firing: now waits on the 240 s notification budget
+    assert progress_line(evaluate(drill, obs, now=7.0), 7.0) == (
+        "[quick] t=140s: TrainsimRunDiverging firing, 120s left")
+    obs = observed(firing=6.0, notified=7.0)
+    obs.see_active([{"labels": {"alertname": "TrainsimLossRising", "run": "healthy"},
+                     "state": "firing"}], 7.5)
+    assert progress_line(evaluate(drill, obs, now=8.0), 8.0) == (
+        "[quick] t=160s: TrainsimRunDiverging PASS; 1 false positive")
+
+
+def test_the_scorecard_says_every_time_in_seconds(tmp_path: Path) -> None:
+    drill = load_drill(quick_drill(tmp_path))
+    card = evaluate(drill, observed(firing=6.3, notified=7.295, pending=0.5), now=20.0)
+    table = render_table(card).splitlines()
+    assert table[1].startswith("seconds of run time")
+    header, row = table[3].split(), table[4].split()
+    assert header[:7] == ["expectation", "injected", "pending", "firing", "budget",
+                          "notified", "resolved"]
+    # injected at run time 20 s; pending 10 s, firing 126 s and notified 145.9 s after it.
+    assert row[1:8] == ["20.0", "10.0", "126.0", "180.0", "145.9", "-", "PASS"]
+
+
 def test_json_and_junit_outputs_have_their_schema(tmp_path: Path) -> None:
     drill = load_drill(quick_drill(tmp_path, firing_within="1m"))
     card = evaluate(drill, observed(firing=6.0, notified=7.0), now=20.0, final=True)
@@ -184,7 +221,7 @@ def test_json_and_junit_outputs_have_their_schema(tmp_path: Path) -> None:
                                              'silent .+{run=~"healthy"}']
     assert suite.get("tests") == "2" and suite.get("failures") == "1"
     (failure,) = cases[0].findall("failure")
-    assert failure.get("message") == "fired after 2.0m, budget 60.0s"
+    assert failure.get("message") == "fired after 120.0s, budget 60.0s"
     assert cases[1].findall("failure") == []
     assert "FAIL" in render_table(card)
 
@@ -235,7 +272,7 @@ def test_a_rule_that_never_fires_fails_the_drill(servers: None, tmp_path: Path) 
         'expr: max without (alert) (trainsim_alert_active{alert="divergence"}) == 2'})
     res = run_cli(str(quick_drill(tmp_path)), "--rules", str(rules))
     assert res.returncode == 1, res.stderr[-3000:]
-    assert "did not fire within 3.0m" in res.stdout
+    assert "did not fire within 180.0s" in res.stdout
     assert res.stdout.startswith("drill quick") and ": FAIL" in res.stdout.splitlines()[0]
 
 
@@ -279,6 +316,29 @@ def test_an_unreachable_prometheus_is_an_error_not_a_pass(tmp_path: Path,
     assert "Prometheus at http://127.0.0.1:" in res.stderr
     assert "unreachable" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_a_stack_that_cannot_start_is_one_line_and_exit_3(tmp_path: Path) -> None:
+    need_binary("prometheus-alertmanager", "alertmanager")
+    bad = tmp_path / "alertmanager.yml"  # the drill uses the Alertmanager config it is given
+    bad.write_text("route: {receiver: nobody}\nreceivers: [{name: someone}]\n")
+    res = run_cli(str(quick_drill(tmp_path)), "--alertmanager.config", str(bad), timeout=60)
+    assert res.returncode == 3
+    assert res.stdout == ""
+    (line,) = res.stderr.splitlines()
+    assert line.startswith("trainsim: drill could not run: alertmanager exited with status 1 "
+                           "during start-up: ")
+    assert line.endswith(
+        'Loading configuration file failed: undefined receiver "nobody" used in route')
+
+
+def test_an_unreadable_alertmanager_config_is_a_usage_error(tmp_path: Path) -> None:
+    res = run_cli(str(quick_drill(tmp_path)), "--alertmanager.config",
+                  str(tmp_path / "missing.yml"), timeout=60)
+    assert res.returncode == 2
+    assert res.stderr.splitlines() == [
+        f"trainsim: drill: --alertmanager.config: cannot read {tmp_path / 'missing.yml'}: "
+        f"[Errno 2] No such file or directory: '{tmp_path / 'missing.yml'}'"]
 
 
 def test_a_bad_drill_file_exits_2_with_one_line(tmp_path: Path) -> None:

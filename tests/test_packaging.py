@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from simulator import resources
 from simulator.config import load_config
@@ -21,6 +22,10 @@ from tests.conftest import need_binary
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs"
+DASHBOARDS = REPO / "dashboards"
+# What `trainsim init` writes beside configs/ and dashboards/, by its name in the package.
+STACK = {"docker-compose.yml": REPO / "docker-compose.yml", "Dockerfile": REPO / "Dockerfile",
+         "dockerignore": REPO / ".dockerignore", "runbooks.md": REPO / "docs" / "runbooks.md"}
 
 
 @pytest.fixture(scope="module")
@@ -56,10 +61,14 @@ def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 def test_the_wheel_carries_every_shipped_file_and_the_console_script(wheel: Path) -> None:
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())
-        shipped = {str(p.relative_to(REPO)): p for p in CONFIGS.rglob("*") if p.is_file()}
+        shipped = {str(p.relative_to(REPO)): p for p in (*CONFIGS.rglob("*"),
+                                                          *DASHBOARDS.rglob("*"))
+                   if p.is_file()}
         assert shipped
         for rel, path in shipped.items():
             assert zf.read(f"simulator/{rel}") == path.read_bytes(), rel
+        for rel, path in STACK.items():
+            assert zf.read(f"simulator/stack/{rel}") == path.read_bytes(), rel
         assert "simulator/py.typed" in names
         page = REPO / "simulator" / "web" / "static"
         for path in page.rglob("*"):
@@ -125,5 +134,117 @@ def test_a_drill_runs_from_the_installed_package_in_an_empty_directory(
     res = subprocess.run([str(installed), "-m", "simulator", "drill", str(drill),
                           "--output", "json"],
                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert json.loads(res.stdout)["passed"] is True
+
+
+@pytest.fixture(scope="module")
+def initialised(installed: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`trainsim init stack` run by the installed package from an empty directory."""
+    cwd = tmp_path_factory.mktemp("empty")
+    res = subprocess.run([str(installed), "-m", "simulator", "init", "stack"],
+                         capture_output=True, text=True, cwd=cwd, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("wrote ") and " files into stack: " in res.stdout
+    return cwd / "stack"
+
+
+def test_init_writes_the_shipped_stack_as_the_repository_has_it(initialised: Path) -> None:
+    for source, written in ((CONFIGS, initialised / "configs"),
+                            (DASHBOARDS, initialised / "dashboards")):
+        files = sorted(p.relative_to(source) for p in source.rglob("*") if p.is_file())
+        assert files == sorted(p.relative_to(written) for p in written.rglob("*")
+                               if p.is_file())
+        for rel in files:
+            if rel.parts[:2] == ("prometheus", "rules"):
+                continue  # their runbook links are rebased (below)
+            assert (written / rel).read_bytes() == (source / rel).read_bytes(), rel
+    for name, target in (("docker-compose.yml", "docker-compose.yml"),
+                         ("Dockerfile", "Dockerfile"), ("dockerignore", ".dockerignore"),
+                         ("runbooks.md", "docs/runbooks.md")):
+        assert (initialised / target).read_bytes() == STACK[name].read_bytes(), target
+    # The compose file's bind mounts and build context all exist in the written directory.
+    compose = yaml.safe_load((initialised / "docker-compose.yml").read_text())
+    for name, service in compose["services"].items():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("./"):
+                assert (initialised / source).exists(), (name, source)
+        if "build" in service:
+            assert (initialised / service["build"] / "Dockerfile").is_file()
+
+
+def test_every_file_init_wrote_validates_and_the_rules_pass_promtool(
+        installed: Path, initialised: Path) -> None:
+    yamls = sorted(map(str, (initialised / "configs").rglob("*.yaml")))
+    res = subprocess.run([str(installed), "-m", "simulator", "validate", *yamls],
+                         capture_output=True, text=True, cwd=initialised, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.count(": ok (") == len(yamls)
+    assert res.stdout.count(": ok (drill ") == len(list(CONFIGS.glob("drills/*.yaml")))
+    promtool = need_binary("promtool")
+    res = subprocess.run([promtool, "check", "config",
+                          str(initialised / "configs" / "prometheus" / "prometheus.yml")],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr
+    amtool = need_binary("amtool")
+    res = subprocess.run([amtool, "check-config",
+                          str(initialised / "configs" / "alertmanager" / "alertmanager.yml")],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr
+    for dashboard in (initialised / "dashboards").glob("*.json"):
+        assert json.loads(dashboard.read_text())["uid"]
+
+
+def test_the_image_source_init_wrote_builds_the_same_package(initialised: Path,
+                                                             tmp_path: Path) -> None:
+    # What the Dockerfile's `pip install .` does, minus Docker: build a wheel from the copy.
+    res = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w",
+                          str(tmp_path), str(initialised)], capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr
+    (built,) = tmp_path.glob("trainsim-*.whl")
+    with zipfile.ZipFile(built) as zf:
+        for path in CONFIGS.rglob("*"):
+            if path.is_file() and "rules" not in path.parts:
+                rel = path.relative_to(REPO)
+                assert zf.read(f"simulator/{rel}") == path.read_bytes(), rel
+        assert "simulator/cli.py" in zf.namelist()
+        assert any(n.startswith("simulator/web/static/vendor/") for n in zf.namelist())
+
+
+def test_init_sets_the_runbook_base_in_one_place_and_never_overwrites_unasked(
+        installed: Path, tmp_path: Path) -> None:
+    base = "https://wiki.example.com/ml/runbooks.md"
+    run = [str(installed), "-m", "simulator", "init", str(tmp_path / "s"), "--runbook-base-url",
+           base]
+    assert subprocess.run(run, capture_output=True, timeout=60).returncode == 0
+    rules = yaml.safe_load((tmp_path / "s/configs/prometheus/rules/trainsim-alerts.yml")
+                           .read_text())
+    alerts = [r for g in rules["groups"] for r in g["rules"] if "alert" in r]
+    assert len(alerts) == 12
+    assert [r["annotations"]["runbook_url"] for r in alerts] == [
+        f"{base}#{r['alert'].lower()}" for r in alerts]
+    again = subprocess.run(run, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 2
+    assert again.stderr.splitlines() == [
+        f"trainsim: init: {tmp_path / 's'}/configs/alertmanager/alertmanager.yml exists "
+        "(--force overwrites the files trainsim init writes)"]
+    assert subprocess.run([*run, "--force"], capture_output=True, timeout=60).returncode == 0
+    bad = subprocess.run([*run[:-1], "wiki/runbooks"], capture_output=True, text=True,
+                         timeout=60)
+    assert bad.returncode == 2 and "--runbook-base-url: must be an http(s) URL" in bad.stderr
+
+
+@pytest.mark.realstack
+def test_a_drill_of_the_rules_init_wrote_runs_from_that_directory(
+        installed: Path, initialised: Path) -> None:
+    need_binary("prometheus")
+    need_binary("prometheus-alertmanager", "alertmanager")
+    res = subprocess.run([str(installed), "-m", "simulator", "drill",
+                          "configs/drills/nan-loss.yaml", "--rules", "configs/prometheus/rules",
+                          "--alertmanager.config", "configs/alertmanager/alertmanager.yml",
+                          "--output", "json"],
+                         capture_output=True, text=True, cwd=initialised, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
     assert json.loads(res.stdout)["passed"] is True

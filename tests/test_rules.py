@@ -29,6 +29,7 @@ from simulator.drills.profile import (
 )
 from simulator.durations import format_prometheus as format_duration
 from simulator.durations import parse_prometheus as parse_duration
+from simulator.scaffold import DEFAULT_RUNBOOK_BASE_URL
 
 REPO = Path(__file__).resolve().parent.parent
 PROMETHEUS_YML = REPO / "configs" / "prometheus" / "prometheus.yml"
@@ -37,7 +38,7 @@ RULE_FILES = sorted(RULES_DIR.glob("*.yml"))
 ALERTMANAGER_YML = REPO / "configs" / "alertmanager" / "alertmanager.yml"
 UNIT_TEST_FILES = sorted((REPO / "tests" / "rules").glob("*_test.yml"))
 RUNBOOKS_MD = REPO / "docs" / "runbooks.md"
-RUNBOOK_BASE = "https://github.com/trainsim/trainsim/blob/main/docs/runbooks.md#"
+RUNBOOK_BASE = f"{DEFAULT_RUNBOOK_BASE_URL}#"
 
 JOB = "trainsim"
 INSTANCE = "trainsim:9310"
@@ -142,6 +143,13 @@ def test_alert_follows_monitoring_mixin_conventions(name: str) -> None:
     }, "a per-run alert must name its run"
     assert annotations["runbook_url"] == RUNBOOK_BASE + name.lower()
     assert parse_duration(rule["for"]) > 0, "every alert here can flap, so every one has a for"
+
+
+def test_the_runbook_base_is_the_projects_declared_runbooks_url() -> None:
+    import tomllib
+
+    urls = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["urls"]
+    assert urls["Runbooks"] == DEFAULT_RUNBOOK_BASE_URL
 
 
 def test_every_runbook_url_has_a_section_in_docs_runbooks_md() -> None:

@@ -102,7 +102,10 @@ class Daemon:
         for f in events.faults_cleared:
             self.log.info("fault_cleared", run=f.run, fault_id=f.id, fault=f.kind,
                           source=f.source)
+        restarted = {run for run, _ in events.restarts}
         for t in events.transitions:
+            if t.new == "running" and t.run in restarted:
+                continue  # a new attempt runs: run_restarted says so, there is no recovery
             self.log.info(_EVENT_FOR_STATE[t.new], run=t.run, previous_state=t.old, step=t.step,
                           loss=t.loss)
         for run, restarts in events.restarts:
@@ -219,7 +222,7 @@ class Daemon:
             try:
                 rec = self.engine.clear(run, fault_id)
             except KeyError:
-                raise NotFoundError(f"run {run!r} has no fault {fault_id!r}") from None
+                raise NotFoundError(f"run {run!r} has no active fault {fault_id!r}") from None
         return views.fault_view(rec, self.engine.now)
 
     def pause(self, run: str) -> dict[str, Any]:

@@ -9,6 +9,7 @@ file; SIGTERM and SIGINT stop the server, which lets requests being answered fin
 from __future__ import annotations
 
 import dataclasses
+import os
 import signal
 import threading
 from dataclasses import dataclass
@@ -20,10 +21,9 @@ from simulator.config.shards import Shard, shard_config
 from simulator.daemon.core import Daemon
 from simulator.schema.errors import UsageError
 from simulator.signals import handled
-from simulator.web import pages
+from simulator.web import pages, server
 from simulator.web.api import ControlApi
 from simulator.web.auth import TOKEN_FLAG, ControlSettings, read_token
-from simulator.web.server import start_server
 
 
 @dataclass(frozen=True)
@@ -44,16 +44,18 @@ def load(path: str | None, shard: Shard | None = None) -> Config:
 
 
 def serve(options: Options, config: Config, log: Any) -> None:
-    """Serve ``config`` until SIGTERM or SIGINT; OSError if the address cannot be bound."""
+    """Serve ``config`` until SIGTERM or SIGINT; OSError if the address cannot be bound (before
+    anything is logged or any run starts)."""
+    bound = server.bind(options.listen_address)
     daemon = Daemon(config, speed=options.speed, log=log)
     control = ControlApi(daemon, options.control)
-    server = start_server(options.listen_address, control.routes() + pages.routes(daemon))
+    handle = server.serve(bound, control.routes() + pages.routes(daemon))
     stop, reload_requested, wake = threading.Event(), threading.Event(), threading.Event()
     # Handlers first: whoever waits for "listening" may signal right away.
     with handled({signal.SIGTERM: (stop, wake), signal.SIGINT: (stop, wake),
                   signal.SIGHUP: (reload_requested, wake)}):
-        log.info("listening", address=server.address, url=f"http://{server.address}/",
-                 version=__version__,
+        log.info("listening", address=handle.address, url=f"http://{handle.address}/",
+                 pid=os.getpid(), version=__version__,
                  config=config.source, runs=len(config.runs), speed=options.speed,
                  shard=str(options.shard) if options.shard else None,
                  control_api="enabled" if options.control.enabled else "disabled",
@@ -67,7 +69,7 @@ def serve(options: Options, config: Config, log: Any) -> None:
                 wake.wait(daemon.seconds_until_next_step())
                 wake.clear()
         finally:
-            server.close()
+            handle.close()
     log.info("stopped")
 
 

@@ -137,11 +137,20 @@ def _timeline_from_config(path: Path) -> tuple[Injection, ...]:
     return tuple(sorted(out, key=lambda i: i.at))
 
 
+def is_drill(doc: Any) -> bool:
+    """Whether a parsed YAML document is a drill file (it has a ``drill`` or ``expect`` key)
+    rather than a run config."""
+    return isinstance(doc, LocMap) and ("drill" in doc or "expect" in doc)
+
+
 def load_drill(path: str | Path) -> Drill:
     """Read and validate a drill file; ConfigError lists every mistake as FILE:LINE: path."""
-    p = Path(path)
+    return build_drill(read_yaml_file(path), Path(path))
+
+
+def build_drill(doc: Any, p: Path) -> Drill:
+    """Validate a parsed drill file found at ``p`` (its config is relative to it)."""
     source = str(p)
-    doc = read_yaml_file(p)
     r = Reader(source)
     top = r.mapping(doc, getattr(doc, "line", 1), "")
     if top is None:

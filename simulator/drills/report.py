@@ -9,30 +9,31 @@ from simulator.drills.scoring import PASS, AlertTrack, Scorecard, fmt_seconds
 
 
 def render_table(card: Scorecard) -> str:
-    """The human scorecard."""
+    """The human scorecard: every time in run-time seconds, one unit for the whole table."""
     d = card.drill
     lines = [f"drill {d.name} ({d.source}), speed {d.speed:g}: "
              f"{'PASS' if card.passed else 'FAIL'}",
-             "run-time seconds after the injection (pending / firing / notified), after the "
-             "clear (resolved)", ""]
-    header = ("expectation", "injected", "pending", "firing", "notified", "resolved", "result")
+             "seconds of run time: injected at t; pending, firing and notified after the "
+             "injection; resolved after the clear", ""]
+    header = ("expectation", "injected", "pending", "firing", "budget", "notified",
+              "resolved", "result")
     rows = [header]
     for r in card.results:
         t0 = r.injected
 
         def rel(t: float | None, base: float | None = t0) -> str:
-            if t is None or base is None:
-                return "-"
-            return fmt_seconds((t - base) * d.speed)
+            return "-" if t is None or base is None else f"{(t - base) * d.speed:.1f}"
 
-        rows.append((r.expectation.name, "-" if t0 is None else f"t={t0 * d.speed:.0f}s",
-                     rel(r.pending), rel(r.firing), rel(r.notified),
-                     fmt_seconds(r.resolve_latency),
+        rows.append((r.expectation.name, "-" if t0 is None else f"{t0 * d.speed:.1f}",
+                     rel(r.pending), rel(r.firing), f"{r.expectation.firing_within:.1f}",
+                     rel(r.notified),
+                     "-" if r.resolve_latency is None else f"{r.resolve_latency:.1f}",
                      r.status if r.status == PASS else f"{r.status}: {r.message}"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
     for row in rows:
-        lines.append("  ".join(c.ljust(w) for c, w in zip(row[:-1], widths, strict=True))
-                     + "  " + row[-1])
+        cells = [row[0].ljust(widths[0])]
+        cells += [c.rjust(w) for c, w in zip(row[1:-1], widths[1:], strict=True)]
+        lines.append("  ".join(cells) + "  " + row[-1])
     if card.false_positives:
         lines += ["", "false positives (alerts that had to stay silent):"]
         lines += [f"  {_alert_name(t)} firing={fmt_seconds(_opt(t.firing, d.speed))} "

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import sys
 import tempfile
 import threading
@@ -35,7 +36,7 @@ from simulator.drills.profile import (
     fast_prometheus_config,
 )
 from simulator.drills.report import render_json, render_junit, render_table
-from simulator.drills.scoring import WAITING, Observations, Scorecard, evaluate
+from simulator.drills.scoring import Observations, Scorecard, evaluate, progress_line
 from simulator.schema.errors import UsageError
 from simulator.web import client
 from simulator.web.client import Client, ClientError
@@ -81,8 +82,8 @@ def _strip_faults(config: Path, target: Path) -> None:
 
 
 @contextmanager
-def local_stack(drill: Drill, workdir: Path, webhook_url: str,
-                rules_dir: Path | None = None) -> Iterator[tuple[Endpoints, float]]:
+def local_stack(drill: Drill, workdir: Path, webhook_url: str, rules_dir: Path | None = None,
+                alertmanager_config: str | None = None) -> Iterator[tuple[Endpoints, float]]:
     """Start Alertmanager, Prometheus (fast profile of the rules) and, last, the daemon on
     loopback; yields the endpoints and the monotonic time at which the runs started.
 
@@ -93,8 +94,8 @@ def local_stack(drill: Drill, workdir: Path, webhook_url: str,
         _strip_faults(drill.config, config)
         am_port, daemon_port = stack.free_port(), stack.free_port()
         am_text = fast_alertmanager_config(
-            resources.read_text("alertmanager", "alertmanager.yml"), drill.speed,
-            webhook_url=webhook_url)
+            alertmanager_config or resources.read_text("alertmanager", "alertmanager.yml"),
+            drill.speed, webhook_url=webhook_url)
         prom_doc = yaml.safe_load(fast_prometheus_config(
             resources.read_text("prometheus", "prometheus.yml"),
             target=f"127.0.0.1:{daemon_port}", alertmanager=f"127.0.0.1:{am_port}"))
@@ -119,12 +120,12 @@ def local_stack(drill: Drill, workdir: Path, webhook_url: str,
         except (stack.StartupError, stack.MissingBinaryError) as exc:
             raise DrillError(str(exc)) from None
         def diagnose() -> str:
-            lines = []
-            for name, proc in (("daemon", daemon), ("prometheus", prom), ("alertmanager", am)):
-                if proc.proc.poll() is not None:
-                    tail = "".join(proc.lines[-10:]).rstrip()
-                    lines.append(f"{name} exited with status {proc.proc.returncode}:\n{tail}")
-            return "\n".join(lines)
+            return "; ".join(
+                f"{name} exited with status {proc.proc.returncode}: "
+                f"{stack.last_words(proc.output())}"
+                for name, proc in (("daemon", daemon), ("prometheus", prom),
+                                   ("alertmanager", am))
+                if proc.proc.poll() is not None)
 
         yield (Endpoints(daemon.url, prom.url, am.url, diagnose=diagnose),
                _runs_started(daemon))
@@ -172,24 +173,21 @@ def watch(drill: Drill, endpoints: Endpoints, obs: Observations, start: float,
             except ClientError as exc:
                 detail = endpoints.diagnose() if endpoints.diagnose else ""
                 raise DrillError(f"injecting {inj.kind} into {inj.run}: {exc}"
-                                 + (f"\n{detail}" if detail else "")) from None
+                                 + (f" ({detail})" if detail else "")) from None
             obs.injected[i] = clock() - start
         try:
             obs.see_active(_prometheus_alerts(endpoints.prometheus), clock() - start)
         except DrillError as exc:
             detail = endpoints.diagnose() if endpoints.diagnose else ""
-            raise DrillError(f"{exc}\n{detail}" if detail else str(exc)) from None
+            raise DrillError(f"{exc} ({detail})" if detail else str(exc)) from None
         card = evaluate(drill, obs, clock() - start)
         if progress is not None:
-            done = sum(1 for r in card.results if r.status != WAITING)
-            line = (f"[{drill.name}] {done}/{len(card.results)} decided, "
-                    f"{len(obs.injected)}/{len(drill.injections)} injected, "
-                    f"{len(card.false_positives)} false positives")
-            if tty:  # a live line on a terminal; a line per change in a log
-                progress.write(f"\r{line}  t={now * speed:6.0f}s run time ")
+            line = progress_line(card, clock() - start)
+            if tty:  # a live line on a terminal; a line per change of phase in a log
+                progress.write(f"\r\033[K{line}")
                 progress.flush()
-            elif line != last_line:
-                progress.write(f"{line}  (t={now * speed:.0f}s run time)\n")
+            elif _phases(line) != _phases(last_line):
+                progress.write(f"{line}\n")
             last_line = line
         if (card.decided and not pending) or clock() > horizon:
             break
@@ -199,9 +197,15 @@ def watch(drill: Drill, endpoints: Endpoints, obs: Observations, start: float,
     return evaluate(drill, obs, clock() - start, final=True)
 
 
+def _phases(line: str) -> str:
+    """A progress line without its clocks, to log only when a phase changes."""
+    return re.sub(r"t=\d+s|\d+s left", "", line)
+
+
 def run_drill(drill: Drill, endpoints: Endpoints | None = None,
-              progress: TextIO | None = sys.stderr, webhook_port: int = 0,
-              rules_dir: Path | None = None) -> Scorecard:
+              progress: TextIO | None = sys.stderr, webhook_address: str = "127.0.0.1:0",
+              rules_dir: Path | None = None, alertmanager_config: str | None = None,
+              ) -> Scorecard:
     """Run a drill: self-contained when ``endpoints`` is None, else against a running stack."""
     obs = Observations()
     lock = threading.Lock()
@@ -211,11 +215,12 @@ def run_drill(drill: Drill, endpoints: Endpoints | None = None,
         with lock:
             obs.see_notification(notification.payload, time.monotonic() - t0[0])
 
-    receiver = WebhookReceiver(f"127.0.0.1:{webhook_port}", on_notification=received)
+    receiver = WebhookReceiver(webhook_address, on_notification=received)
     try:
         if endpoints is None:
             with tempfile.TemporaryDirectory(prefix="trainsim-drill-") as tmp, \
-                    local_stack(drill, Path(tmp), receiver.url, rules_dir) as (eps, started):
+                    local_stack(drill, Path(tmp), receiver.url, rules_dir,
+                                alertmanager_config) as (eps, started):
                 t0[0] = started
                 return watch(drill, eps, obs, t0[0], progress)
         if progress is not None:
@@ -251,7 +256,8 @@ class Options:
     token_file: str | None = None
     speed: float | None = None
     rules: str | None = None
-    webhook_port: int = 0
+    alertmanager_config: str | None = None
+    webhook_address: str = "127.0.0.1:0"
     output: str = "table"
     junit: str | None = None
 
@@ -278,12 +284,27 @@ def main(o: Options, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     rules = Path(o.rules) if o.rules else None
     if rules is not None and not sorted(rules.glob("*.yml")):
         raise UsageError(f"drill: --rules: no *.yml files in {rules}")
-    card = run_drill(drill, endpoints, progress=err, webhook_port=o.webhook_port,
-                     rules_dir=rules)
-    out.write(render_json(card) if o.output == "json" else render_table(card))
+    am_config = None
+    if o.alertmanager_config is not None:
+        try:
+            am_config = Path(o.alertmanager_config).read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"drill: --alertmanager.config: cannot read "
+                             f"{o.alertmanager_config}: {exc}") from None
+    try:
+        card = run_drill(drill, endpoints, progress=err, webhook_address=o.webhook_address,
+                         rules_dir=rules, alertmanager_config=am_config)
+    except OSError as exc:
+        raise UsageError(f"drill: --webhook.listen-address: cannot listen on "
+                         f"{o.webhook_address}: {exc.strerror}") from None
+    began = any(r.injected is not None for r in card.results)
+    if o.output == "json":
+        out.write(render_json(card))
+    elif card.error is None or began:  # a stack that never started has no scorecard to show
+        out.write(render_table(card))
     if o.junit:
         Path(o.junit).write_text(render_junit(card))
     if card.error is not None:
-        err.write(f"trainsim: drill could not run: {card.error}\n")
+        err.write(f"trainsim: drill could not run: {' '.join(card.error.split())}\n")
         return 3
     return 0 if card.passed else 1

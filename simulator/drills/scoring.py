@@ -81,6 +81,21 @@ class Result:
     firing_latency: float | None = None
     notify_latency: float | None = None
     resolve_latency: float | None = None
+    deadline: float | None = None  # drill time by which what it waits for must happen
+
+    @property
+    def phase(self) -> str:
+        """Where the expected alert is: its verdict once decided, else ``awaiting injection``,
+        ``inactive``, ``pending``, ``firing``, ``notified`` or ``resolved``."""
+        if self.status != WAITING:
+            return self.status
+        if self.injected is None:
+            return "awaiting injection"
+        for phase, seen in (("resolved", self.resolved), ("notified", self.notified),
+                            ("firing", self.firing), ("pending", self.pending)):
+            if seen is not None:
+                return phase
+        return "inactive"
 
 
 @dataclass
@@ -161,8 +176,8 @@ class _Judge:
         self.res.status, self.res.message = FAIL, message
         return False
 
-    def _wait(self, message: str) -> bool:
-        self.res.message = message
+    def _wait(self, message: str, deadline: float) -> bool:
+        self.res.message, self.res.deadline = message, deadline
         return False
 
     def firing(self) -> bool:
@@ -172,7 +187,7 @@ class _Judge:
             if self._late(self.t_inj + e.firing_within / speed):
                 return self._fail(f"did not fire within {fmt_seconds(e.firing_within)}"
                                   + (" (only pending)" if res.pending is not None else ""))
-            return self._wait("waiting for firing")
+            return self._wait("waiting for firing", self.t_inj + e.firing_within / speed)
         res.firing_latency = (res.firing - self.t_inj) * speed
         if res.firing_latency > e.firing_within:
             return self._fail(f"fired after {fmt_seconds(res.firing_latency)}, budget "
@@ -188,12 +203,12 @@ class _Judge:
             if res.notified is not None:
                 return self._fail("notified, but must not notify")
             if not self._late(deadline):
-                return self._wait("fired; making sure it does not notify")
+                return self._wait("fired; making sure it does not notify", deadline)
             return True
         if res.notified is None:
             if self._late(deadline):
                 return self._fail(f"no notification within {fmt_seconds(budget)}")
-            return self._wait("fired; waiting for the notification")
+            return self._wait("fired; waiting for the notification", deadline)
         res.notify_latency = (res.notified - self.t_inj) * speed
         if res.notify_latency > budget:
             return self._fail(f"notified after {fmt_seconds(res.notify_latency)}, budget "
@@ -218,7 +233,8 @@ class _Judge:
             if self._late(t_clear + e.resolve_within / speed):
                 return self._fail(f"did not resolve within {fmt_seconds(e.resolve_within)} "
                                   "of the clear")
-            return self._wait("waiting for the alert to resolve")
+            return self._wait("waiting for the alert to resolve",
+                              t_clear + e.resolve_within / speed)
         res.resolve_latency = (res.resolved - t_clear) * speed
         if res.resolve_latency > e.resolve_within:
             return self._fail(f"resolved {fmt_seconds(res.resolve_latency)} after the clear, "
@@ -227,9 +243,19 @@ class _Judge:
 
 
 def fmt_seconds(seconds: float | None) -> str:
-    """A duration as the scorecard shows it: ``-``, ``12.5s`` or ``2.5m``."""
-    if seconds is None:
-        return "-"
-    if seconds >= 120:
-        return f"{seconds / 60:.1f}m"
-    return f"{seconds:.1f}s"
+    """A duration as the scorecard's messages say it, always in seconds: ``-`` or ``125.5s``."""
+    return "-" if seconds is None else f"{seconds:.1f}s"
+
+
+def progress_line(card: Scorecard, now: float) -> str:
+    """One line on a drill under way at drill time ``now``: each expected alert's phase and
+    the run-time seconds left in the budget it is waiting on."""
+    speed = card.drill.speed
+    parts = []
+    for r in card.results:
+        left = ("" if r.status != WAITING or r.deadline is None
+                else f", {max(0.0, (r.deadline - now) * speed):.0f}s left")
+        parts.append(f"{r.expectation.alert} {r.phase}{left}")
+    fp = len(card.false_positives)
+    return (f"[{card.drill.name}] t={now * speed:.0f}s: " + "; ".join(parts)
+            + (f"; {fp} false positive{'' if fp == 1 else 's'}" if fp else ""))

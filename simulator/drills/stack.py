@@ -8,6 +8,7 @@ returns a handle whose ``close()`` stops the process and waits for it.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -29,8 +30,32 @@ class MissingBinaryError(RuntimeError):
     """A required server binary is not on PATH."""
 
 
+def last_words(output: str, limit: int = 240) -> str:
+    """The line of a process' output that most likely says why it stopped: its last error
+    line, else its last line, on one line and at most ``limit`` characters."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    errors = [line for line in lines
+              if any(mark in line.lower() for mark in ("level=error", "err=", "error", "fatal"))]
+    said = (errors or lines or ["(no output)"])[-1]
+    fields = dict(re.findall(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)', said))
+    if "msg" in fields:  # a logfmt line (Prometheus, Alertmanager): what and why
+        said = ": ".join(_unquote(fields[k]) for k in ("msg", "err") if k in fields)
+    return said if len(said) <= limit else said[:limit - 1] + "…"
+
+
+def _unquote(value: str) -> str:
+    if value.startswith('"') and value.endswith('"'):
+        return re.sub(r'\\(.)', r"\1", value[1:-1])
+    return value
+
+
 class StartupError(RuntimeError):
-    """A process exited or did not become ready in time."""
+    """A process exited or did not become ready in time: the message is one line, ``output``
+    everything the process said."""
+
+    def __init__(self, message: str, output: str = "") -> None:
+        super().__init__(message)
+        self.output = output
 
 
 def find_binary(*names: str) -> str:
@@ -170,10 +195,12 @@ def start_daemon(workdir: Path, config: Path | None = None, speed: float = 1.0,
                 return d
         if d.proc.poll() is not None:
             d.close()
-            raise StartupError(f"trainsim exited with status {d.proc.returncode}:\n{d.output()}")
+            raise StartupError(f"trainsim exited with status {d.proc.returncode}: "
+                               f"{last_words(d.output())}", d.output())
         time.sleep(0.02)
     d.close()
-    raise StartupError(f"trainsim did not log its address within {timeout:.0f}s:\n{d.output()}")
+    raise StartupError(f"trainsim did not log its address within {timeout:.0f}s: "
+                       f"{last_words(d.output())}", d.output())
 
 
 # --------------------------------------------------------------------------- Prometheus
@@ -243,5 +270,5 @@ def _start_server(kind: type[P], name: str, argv: Sequence[str], workdir: Path,
         wait_http_ok(f"{p.url}/-/ready", p.proc, name)
     except StartupError as exc:
         p.close()
-        raise StartupError(f"{exc}\n{p.output()}") from None
+        raise StartupError(f"{exc}: {last_words(p.output())}", p.output()) from None
     return p

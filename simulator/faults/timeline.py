@@ -204,15 +204,16 @@ class FaultTimeline:
                 self._events.append(("cleared", FaultEvent.of(rec)))
 
     def clear(self, run: str, fault_id: str, now: float) -> FaultRecord:
-        """End a fault now (or drop it if it has not begun); KeyError if there is none."""
+        """End a fault now (or drop it if it has not begun); KeyError if the run has no such
+        fault active or to come (one that ended is gone, as for a read)."""
         for rec in self.records:
-            if rec.run == run and rec.id == fault_id:
+            if rec.run == run and rec.id == fault_id and rec.end > now:
                 break
         else:
             raise KeyError(fault_id)
         if rec.start > now:
             self.records.remove(rec)
-        elif rec.end > now:
+        else:
             rec.end = now
             self._events.append(("cleared", FaultEvent.of(rec)))
         self.rebuild()

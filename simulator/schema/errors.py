@@ -17,7 +17,8 @@ class ConfigIssue:
 
     def __str__(self) -> str:
         where = f"{self.path}: " if self.path else ""
-        return f"{self.source}:{self.line}: {where}{self.message}"
+        at = f"{self.source}:{self.line}" if self.line else self.source  # 0: the whole file
+        return f"{at}: {where}{self.message}"
 
 
 class ConfigError(Exception):

@@ -100,8 +100,12 @@ def _describe(status: int, reason: str, raw: bytes) -> str:
         message = str(payload["error"])
         fld = payload.get("field")
     except (ValueError, KeyError, TypeError):
-        return f"{status} {reason}"
-    return f"{status} {message}" + (f" (field: {fld})" if fld else "")
+        message, fld = reason, None
+    text = f"{status} {message}" + (f" (field: {fld})" if fld else "")
+    if status == 401:
+        text += (f"; pass the daemon's token with --web.control-token-file FILE or the "
+                 f"{TOKEN_ENV} environment variable")
+    return text
 
 
 def token(token_file: str | None) -> str | None:

@@ -177,13 +177,23 @@ class ServerHandle:
         self.thread.join(timeout=5)
 
 
-def start_server(address: str, routes: list[tuple[str, Route]]) -> ServerHandle:
-    """Bind ``address`` and serve ``routes`` (path, or prefix ending in ``/``) on a background
-    thread."""
+def bind(address: str) -> _Server:
+    """A server bound to ``address`` and listening, not yet answering (OSError when the address
+    cannot be bound): what ``serve`` starts."""
     host, port = parse_listen_address(address)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     cls: type[_Server] = type("Server", (_Server,), {"address_family": family})
-    server = cls((host, port), Handler)
+    return cls((host, port), Handler)
+
+
+def start_server(address: str, routes: list[tuple[str, Route]]) -> ServerHandle:
+    """Bind ``address`` and serve ``routes`` (path, or prefix ending in ``/``) on a background
+    thread."""
+    return serve(bind(address), routes)
+
+
+def serve(server: _Server, routes: list[tuple[str, Route]]) -> ServerHandle:
+    """Answer requests to a bound server with ``routes`` on a background thread."""
     server.in_flight = 0
     server.in_flight_lock = threading.Condition()
     # Longest prefix first, so /api/v1/runs/ wins over /.
