@@ -36,9 +36,11 @@ typecheck:
 pytest:
 	$(BIN)/python -m pytest
 
-# The reference tables of docs/config.md and docs/faults.md, from the code's declarations.
+# The reference tables of docs/config.md and docs/faults.md, from the code's declarations, and
+# docs/quickstart.md, from what its commands print.
 docs: $(BIN)/python
 	$(BIN)/python -m simulator.reference docs/config.md docs/faults.md
+	$(BIN)/python docs/quickstart.py
 
 bench: $(BIN)/python
 	$(BIN)/pip install --quiet --disable-pip-version-check .
