@@ -6,18 +6,23 @@ control API client commands ``runs``, ``fault inject|clear`` and ``pause|resume|
 Alertmanager webhook receiver, ``simulator.web.webhook``) and ``init`` (the shipped stack into
 a directory, ``simulator.scaffold``).
 
-A user's mistake (bad config, bad flag) gets one clear line per problem and exit status 2,
-never a traceback. A client command the daemon refuses exits 1 with the daemon's message.
+A user's mistake (bad config, bad flag, bad URL) gets one clear line per problem, each
+starting ``trainsim: `` (a config file's lines start with the file's name), and exit status 2,
+never a traceback. A client command exits 1, with one line, when the daemon refuses it, cannot
+be reached or answers something that is not the control API; ``drill`` exits 3 when the drill
+could not run. Output cut short by its reader (``trainsim runs | head``) ends the command
+quietly with status 141, as a tool killed by SIGPIPE would.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import structlog
 
@@ -38,10 +43,29 @@ DEFAULT_LISTEN_ADDRESS = "127.0.0.1:9310"
 DEFAULT_WEBHOOK_ADDRESS = "127.0.0.1:9095"
 EXIT_USAGE = 2
 EXIT_FAILED = 1
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a tool killed by SIGPIPE
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose mistakes are one line, ``trainsim: --flag: message``, and exit
+    status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"trainsim: {message.removeprefix('argument ')}\n")
+
+
+def _path(value: str) -> str:
+    """A file or directory argument; an empty one (an unset variable, say) is a mistake, never
+    a way to get the default."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError("empty path")
+    return value
 
 
 def _speed(value: str) -> float:
     try:
+        if not value.isascii():  # float() reads other scripts' digits too
+            raise ValueError(value)
         x = float(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be a number, got {value!r}") from None
@@ -58,17 +82,16 @@ def _shard(value: str) -> Shard:
 
 
 def _loopback_port(value: str) -> str:
-    try:
-        port = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a port number, got {value!r}") from None
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 65535, got {value}")
-    return f"127.0.0.1:{port}"
+    if not (value.isascii() and value.isdigit()) or int(value) > 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number from 0 to 65535, "
+                                         f"got {value!r}")
+    return f"127.0.0.1:{int(value)}"
 
 
 def _positive_int(value: str) -> int:
     try:
+        if not value.isascii():
+            raise ValueError(value)
         n = int(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be a whole number, got {value!r}") from None
@@ -104,9 +127,9 @@ _OUTPUT_HELP = "a table for people (default) or JSON for programs"
 def _token_file(parser: Any, help: str = _TOKEN_HELP) -> None:
     """The control token's file, under its one name (``--token-file``, its former name on the
     client commands and the drill, stays as a hidden alias)."""
-    parser.add_argument("--web.control-token-file", dest="token_file", metavar="FILE",
-                        help=help)
-    parser.add_argument("--token-file", dest="token_file", help=argparse.SUPPRESS)
+    parser.add_argument("--web.control-token-file", dest="token_file", type=_path,
+                        metavar="FILE", help=help)
+    parser.add_argument("--token-file", dest="token_file", type=_path, help=argparse.SUPPRESS)
 
 
 def _add_run(sub: Any) -> None:
@@ -116,7 +139,7 @@ def _add_run(sub: Any) -> None:
                     "/metrics, the live page at /, and the control API at /api/v1 (default: "
                     "the embedded seed config, on 127.0.0.1:9310). SIGHUP reloads the config "
                     "and the token file; SIGTERM or Ctrl-C stops.")
-    run.add_argument("--config.file", dest="config_file", metavar="FILE",
+    run.add_argument("--config.file", dest="config_file", type=_path, metavar="FILE",
                      help="YAML config (default: the embedded configs/default.yaml)")
     run.add_argument("--web.listen-address", dest="listen_address", metavar="HOST:PORT",
                      default=DEFAULT_LISTEN_ADDRESS,
@@ -184,8 +207,10 @@ def _add_drill(sub: Any) -> None:
         description="Without --daemon/--prometheus, start a daemon, Prometheus and "
                     "Alertmanager on loopback (the shipped rules in the fast profile) and clean "
                     "them up; with them, drill a running stack. Exit 0 if every expectation "
-                    "holds, 1 if one fails, 2 for a bad drill file, 3 if the drill could not run.")
-    drill.add_argument("file", metavar="DRILL.yaml", help="the drill file (configs/drills/)")
+                    "holds, 1 if one fails, 2 for a bad option or drill file, 3 if the drill could "
+                    "not run.")
+    drill.add_argument("file", type=_path, metavar="DRILL.yaml",
+                       help="the drill file (configs/drills/)")
     drill.add_argument("--daemon", metavar="URL", help="a running daemon's control API")
     drill.add_argument("--prometheus", metavar="URL", help="the Prometheus that scrapes it")
     drill.add_argument("--alertmanager", metavar="URL", help="its Alertmanager (optional)")
@@ -194,10 +219,11 @@ def _add_drill(sub: Any) -> None:
     drill.add_argument("--speed", type=_speed, metavar="X",
                        help="against a running stack: its daemon's --speed (default 1); "
                             "self-contained: overrides the drill file's speed")
-    drill.add_argument("--rules", metavar="DIR",
+    drill.add_argument("--rules", type=_path, metavar="DIR",
                        help="self-contained: the rule files to drill (*.yml; default: the "
                             "shipped configs/prometheus/rules)")
-    drill.add_argument("--alertmanager.config", dest="alertmanager_config", metavar="FILE",
+    drill.add_argument("--alertmanager.config", dest="alertmanager_config", type=_path,
+                       metavar="FILE",
                        help="self-contained: the Alertmanager config to drill (default: the "
                             "shipped configs/alertmanager/alertmanager.yml)")
     drill.add_argument("--webhook.listen-address", dest="webhook_address", metavar="HOST:PORT",
@@ -207,7 +233,8 @@ def _add_drill(sub: Any) -> None:
     drill.add_argument("--webhook-port", dest="webhook_address", type=_loopback_port,
                        help=argparse.SUPPRESS)
     drill.add_argument("--output", choices=("table", "json"), default="table", help=_OUTPUT_HELP)
-    drill.add_argument("--junit", metavar="FILE", help="also write a JUnit XML report")
+    drill.add_argument("--junit", type=_path, metavar="FILE",
+                       help="also write a JUnit XML report")
 
 
 def _add_webhook(sub: Any) -> None:
@@ -234,7 +261,7 @@ def _add_init(sub: Any) -> None:
                     "Prometheus and Alertmanager configs and rules, Grafana dashboards, "
                     "runbooks, and a docker-compose stack whose image is built from a copy of "
                     "this installation) into DIR, to edit and run without the repository.")
-    init.add_argument("dir", nargs="?", default=".", metavar="DIR",
+    init.add_argument("dir", nargs="?", default=".", type=_path, metavar="DIR",
                       help="where to write (created if missing; default: the current directory)")
     init.add_argument("--runbook-base-url", metavar="URL",
                       help="where the alerts' runbook_url links point: URL#<alert> for each "
@@ -246,7 +273,7 @@ def _add_init(sub: Any) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="trainsim",
         description="Replays gradient-descent runs as mock ML training jobs with Prometheus "
                     "metrics.")
@@ -259,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Check run configs and drill files (a drill file is recognised by its "
                     "`drill` or `expect` key); every mistake is one line FILE:LINE: path: "
                     "message. Exit 0 if all are valid, 2 if any is not.")
-    validate.add_argument("files", nargs="+", metavar="FILE",
+    validate.add_argument("files", nargs="+", type=_path, metavar="FILE",
                           help="config or drill files (YAML)")
     validate.add_argument("--shard", type=_shard, metavar="INDEX/COUNT",
                           help="also print the runs this shard would hold, one per line")
@@ -289,16 +316,15 @@ def _cannot_listen(address: str, exc: OSError) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     logs.configure(args.log_format, args.log_level)
-    config = serve.load(args.config_file, args.shard)
     options = serve.Options(
         config_file=args.config_file, shard=args.shard,
         listen_address=_listen(args.listen_address), speed=args.speed,
         control=control_settings(args.control_api, args.token_file, args.listen_address),
         token_file=args.token_file)
     try:
-        serve.serve(options, config, structlog.get_logger("trainsim"))
-    except OSError as exc:
-        return _cannot_listen(args.listen_address, exc)
+        serve.run(options, structlog.get_logger("trainsim"))
+    except serve.CannotListenError as exc:
+        return _cannot_listen(args.listen_address, exc.cause)
     return 0
 
 
@@ -391,12 +417,30 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``trainsim`` command; returns the exit status."""
+    """Entry point of the ``trainsim`` command; returns the exit status: 0 done, 1 failed or
+    refused, 2 a usage mistake (argparse exits with it itself), 3 a drill that could not run,
+    141 when whoever reads stdout stops reading before the output ends (``| head``)."""
     args = build_parser().parse_args(argv)
     try:
-        return _COMMANDS.get(args.command, _control)(args)
+        status = _COMMANDS.get(args.command, _control)(args)
+        sys.stdout.flush()  # a reader gone away shows here rather than at the interpreter's exit
+        return status
+    except BrokenPipeError:
+        _discard_stdout()
+        return EXIT_BROKEN_PIPE
     except ConfigError as exc:
         print(exc, file=sys.stderr)
     except UsageError as exc:
         print(f"trainsim: {exc}", file=sys.stderr)
     return EXIT_USAGE
+
+
+def _discard_stdout() -> None:
+    """Point stdout at the null device, so that flushing what is left of it at exit succeeds
+    silently."""
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())
+        os.close(null)
+    except (OSError, ValueError):  # no file descriptor behind sys.stdout
+        pass

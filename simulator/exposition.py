@@ -143,11 +143,16 @@ def sample_values(snap: Snapshot, fam: Family) -> NDArray[np.float64]:
     return snap.faults_injected
 
 
+def escape_label_value(value: str) -> str:
+    """A label value as both exposition formats write it: backslash, double quote and line
+    feed escaped (run names cannot hold them; the renderer must not depend on that)."""
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
 def _label_prefix(fam: Family, values: tuple[str, ...]) -> str:
-    # Run names, kinds, states and dims are restricted to [a-zA-Z0-9_.-]: nothing to escape.
     # prometheus_client writes labels sorted by name; so do we, to stay byte-identical.
     pairs = sorted(zip(fam.labels, values, strict=True))
-    inner = ",".join(f'{k}="{v}"' for k, v in pairs)
+    inner = ",".join(f'{k}="{escape_label_value(v)}"' for k, v in pairs)
     return f"{fam.sample_name}{{{inner}}} "
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 from typing import TextIO
 
 import structlog
@@ -29,3 +30,13 @@ def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = No
         logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=False,
     )
+    # A Python or numpy warning is a log event like any other, not a bare line that breaks
+    # the JSON-lines stream.
+    warnings.showwarning = _log_warning
+
+
+def _log_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                 file: TextIO | None = None, line: str | None = None) -> None:
+    structlog.get_logger("trainsim").warning("python_warning", category=category.__name__,
+                                             message=str(message),
+                                             source=f"{filename}:{lineno}")

@@ -164,6 +164,21 @@ def test_inject_fault_answers_201_with_its_id_and_location(daemon: Any) -> None:
                          for e in daemon.events()), what="fault_injected event")
 
 
+def test_a_seventeenth_live_fault_on_a_run_is_409_and_the_run_keeps_running(
+        daemon: Any) -> None:
+    for _ in range(16):
+        assert request(daemon, "POST", "/api/v1/runs/alpha/faults",
+                       {"kind": "lr_spike", "duration": "10m", "params": {"factor": 1.01}}
+                       )[0] == 201
+    status, _, body = request(daemon, "POST", "/api/v1/runs/alpha/faults",
+                              {"kind": "lr_spike", "duration": "10m"})
+    assert status == 409
+    assert body["error"] == ("run 'alpha' has 16 faults active or to come, the most a run can "
+                             "have: clear one first")
+    assert len(runs(daemon)["alpha"]["faults"]) == 16
+    assert request(daemon, "POST", "/api/v1/runs/beta/faults", {"kind": "nan"})[0] == 201
+
+
 def test_inject_with_steps(daemon: Any) -> None:
     fault = inject(daemon, "beta", kind="hang", steps=50)
     assert fault["duration_seconds"] == pytest.approx(5.0)  # 50 steps of 100ms

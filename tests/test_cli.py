@@ -106,3 +106,23 @@ def test_a_missing_file_cannot_be_read(tmp_path: Path) -> None:
 def test_one_name_per_concept_with_the_former_spellings_as_aliases(
         argv: list[str], dest: str, value: str) -> None:
     assert getattr(build_parser().parse_args(argv), dest) == value
+
+
+def test_a_warning_is_a_log_event_not_a_bare_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+    import json
+    import warnings
+
+    import numpy as np
+
+    from simulator import logs
+
+    monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)
+    out = io.StringIO()
+    logs.configure("json", "info", out)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        np.array([1e308]) * 10  # an overflow: numpy warns
+    (event,) = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert (event["event"], event["category"], event["message"]) == (
+        "python_warning", "RuntimeWarning", "overflow encountered in multiply")

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from simulator import resources
 from simulator.config import ConfigError, load_config, load_default
@@ -195,3 +196,16 @@ def test_missing_config_file_is_one_line_exit_2(tmp_path: Path) -> None:
     assert res.returncode == 2
     missing = tmp_path / "nope.yaml"
     assert res.stderr.strip() == f"{missing}: cannot read: No such file or directory"
+
+
+@pytest.mark.parametrize("name", ["a\n", "a\r", "a\u2028", "\na", "a\"b", "a\\b", "é"])
+def test_a_name_must_be_name_characters_only_with_no_trailing_newline(
+        tmp_path: Path, name: str) -> None:
+    # "$" in a regular expression matches before a trailing newline: names are full-matched.
+    path = tmp_path / "names.yaml"
+    path.write_text(yaml.safe_dump({"runs": [{"name": name,
+                                              "optimizer": {"learning_rate": 0.1}}]}))
+    res = _run_cli("validate", str(path))
+    assert res.returncode == 2
+    assert res.stderr.splitlines() == [
+        f"{path}:2: runs[0].name: must match [a-zA-Z0-9_.-]+, got str {name!r}"]

@@ -45,6 +45,22 @@ def test_fast_openmetrics_render_is_byte_identical_to_prometheus_client() -> Non
     assert Renderer().render(snap, openmetrics=True) + "# EOF\n" == expected
 
 
+def test_label_values_are_escaped_as_both_formats_require() -> None:
+    # Run names cannot hold these characters (the config refuses them); the renderer escapes
+    # them anyway, exactly as prometheus_client does, so no label value can break a scrape.
+    snap = dataclasses.replace(default_snapshot(), names=('q"uote', "back\\slash", "new\nline",
+                                                          "lr-1.1"))
+    text = Renderer().render(snap)
+    assert text == generate_latest(registry_for(snap)).decode()
+    assert 'run="q\\"uote"' in text and 'run="new\\nline"' in text
+    assert 'run="back\\\\slash"' in text
+    expected = generate_openmetrics(registry_for(snap)).decode()
+    assert Renderer().render(snap, openmetrics=True) + "# EOF\n" == expected
+    runs = {s.labels["run"] for fam in text_string_to_metric_families(text) for s in fam.samples
+            if "run" in s.labels}
+    assert runs == {'q"uote', "back\\slash", "new\nline", "lr-1.1"}
+
+
 def test_special_values_format_as_prometheus_client_does() -> None:
     from prometheus_client.utils import floatToGoString
 

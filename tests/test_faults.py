@@ -117,12 +117,13 @@ def test_plateau_freezes_updates_shrinks_the_gradient_and_raises_a_stall(
     assert g[10] == pytest.approx(0.01 * g0[9], rel=1e-12)
     assert series(snaps, "update_norm")[10:40] == [0.0] * 30
     stalled = [bool(s.alerts[0, ALERTS.index("stall")]) for s in snaps]
-    # Flat since step 9: both 10-step blocks of the 20-step window lie in the flat stretch.
-    assert stalled.index(True) == 28
-    assert STATES[snaps[35].state[0]] == "stalled"
+    # Flat since step 9: both 10-step blocks of the 20-step window lie in the flat stretch
+    # from step 28, and the verdict begins once that has held for stall_confirm_steps (10).
+    assert stalled.index(True) == 37
+    assert STATES[snaps[38].state[0]] == "stalled"
     assert loss[40] < loss[39]  # descent resumes with the step at which the plateau ends
     # Hysteresis: the alert clears once the condition has been false for clear_steps (10).
-    first_clear = stalled.index(False, 29)
+    first_clear = stalled.index(False, 38)
     assert 40 < first_clear <= 52
     assert not any(stalled[first_clear:])
 
@@ -236,3 +237,92 @@ def test_live_injection_and_early_clear() -> None:
     assert float(engine.runs.lr[0]) == 0.05
     with pytest.raises(KeyError):
         engine.clear("r", "nope")
+
+
+def test_ended_faults_leave_every_table_and_their_ground_truth_stays() -> None:
+    from simulator.faults.catalogue import FaultSpec
+
+    engine = engine_with()
+    for i in range(4000):  # one-millisecond faults, each ended before the next begins
+        engine.inject("r", FaultSpec("lr_spike", 0.0, 0.001, (("factor", 2.0),)))
+        engine.advance(engine.now + 0.002)
+        assert engine.timeline.records == [], i
+    assert engine.timeline.table.start.size == 0
+    # The series of what happened stay: 4000 windows began, none is active.
+    snap = engine.snapshot(1)
+    assert snap.fault_pairs == ((0, "lr_spike"),)
+    assert snap.faults_injected.tolist() == [4000.0]
+    assert snap.fault_active.tolist() == [False]
+    # A cleared fault leaves too.
+    rec = engine.inject("r", FaultSpec("plateau", 0.0, math.inf, (("factor", 0.01),)))
+    engine.clear("r", rec.id)
+    assert engine.timeline.records == []
+
+
+def test_a_run_has_at_most_sixteen_faults_active_or_to_come() -> None:
+    from simulator.faults.catalogue import FaultSpec
+    from simulator.faults.timeline import MAX_FAULTS_PER_RUN, FaultLimitError
+
+    engine = engine_with()
+    spike = FaultSpec("lr_spike", 0.0, 60.0, (("factor", 1.01),))
+    ids = [engine.inject("r", spike).id for _ in range(MAX_FAULTS_PER_RUN)]
+    with pytest.raises(FaultLimitError, match="has 16 faults active or to come"):
+        engine.inject("r", spike)
+    engine.clear("r", ids[0])
+    engine.inject("r", spike)  # room again
+
+
+def test_an_ended_drift_keeps_the_moved_optimum_until_the_run_restarts(
+        twin: list[Snapshot]) -> None:
+    engine = engine_with("      - {kind: drift, at: 10s, duration: 10s, shift: -2}\n")
+    snaps = trace(engine, 30)
+    assert engine.timeline.records == []  # the drift ended at 20 s
+    assert float(engine.runs.drift[0]) == -2.0  # ... and the optimum stays moved
+    engine.restart("r")
+    after = []
+    for k in range(30):
+        engine.advance(31.0 + k)
+        after.append(engine.snapshot(k))
+    # A restart is a fresh start: the run descends as its fault-free twin did.
+    assert [float(s.loss[0]) for s in after] == series(twin, "loss")[1:31]
+    assert snaps[25].loss[0] != twin[25].loss[0]
+
+
+@pytest.mark.parametrize("kind,param,value,expected", [
+    ("drift", "shift", 1e308, "must be between -100 and 100, got 1e+308"),
+    ("lr_spike", "factor", 1e7, "must be > 0 and <= 1e+06, got 10000000.0"),
+    ("gradient_explosion", "factor", 0, "must be > 0 and <= 1e+06, got 0"),
+    ("plateau", "factor", 2, "must be > 0 and <= 1, got 2"),
+    ("noise_burst", "sigma", 1e9, "must be > 0 and <= 1000, got 1000000000.0"),
+    ("slow_steps", "factor", 0.5, "must be between 1 and 1e+06, got 0.5"),
+])
+def test_every_fault_parameter_is_bounded(kind: str, param: str, value: float,
+                                          expected: str) -> None:
+    from simulator.web.api import fault_from_body
+    from simulator.web.server import HttpError
+
+    with pytest.raises(HttpError) as raised:
+        fault_from_body({"kind": kind, "duration": "1s", "params": {param: value}}, 1.0)
+    assert raised.value.status == 422
+    assert (raised.value.message, getattr(raised.value, "field", None)) == (
+        expected, f"params.{param}")
+
+
+def test_the_most_extreme_faults_allowed_leave_a_run_that_recovers() -> None:
+    # Each at its bound for one second on the seed's lr 0.2 run: the run may blow up, but a
+    # restart brings it back to its fault-free descent, and nothing overflows to a warning.
+    import warnings
+
+    faults = ("      - {kind: drift, at: 5s, duration: 1s, shift: 100}\n"
+              "      - {kind: lr_spike, at: 10s, duration: 1s, factor: 1e6}\n"
+              "      - {kind: gradient_explosion, at: 15s, duration: 1s, factor: 1e6}\n"
+              "      - {kind: noise_burst, at: 20s, duration: 1s, factor: 1000, sigma: 1000}\n")
+    engine = engine_with(faults)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        trace(engine, 40)
+        engine.restart("r")
+        fresh = trace(engine_with(), 20)
+        for t in range(1, 21):
+            engine.advance(40.0 + t)
+            assert float(engine.runs.loss[0]) == float(fresh[t].loss[0]), t

@@ -175,3 +175,118 @@ def test_sigterm_during_a_scrape_finishes_the_scrape(tmp_path: Path) -> None:
     samples = [s for fam in text_string_to_metric_families(body.decode()) for s in fam.samples
                if s.name == "trainsim_loss"]
     assert len(samples) == 20000
+
+
+def _large_config(runs: int) -> str:
+    """A valid config of ``runs`` runs, five nodes each: seconds to parse and build."""
+    return "defaults: {steps: 100000, step_interval: 1s, optimizer: {learning_rate: 0.01}}\n" \
+        "runs:\n" + "".join(f"  - {{name: big-{i}, init: 5.5}}\n" for i in range(runs))
+
+
+def _steps(url: str, run: str) -> float:
+    return _scrape(url)[f"trainsim_steps_total[('run', '{run}')]"]
+
+
+def _events(d: Any, name: str) -> list[dict[str, Any]]:
+    return [e for e in d.events() if e.get("event") == name]
+
+
+def test_a_reload_parses_off_the_stepping_thread_and_sigterm_is_honoured_meanwhile(
+        tmp_path: Path) -> None:
+    config = tmp_path / "runs.yaml"
+    config.write_text(GOOD % 1)
+    d = start_daemon(tmp_path, config=config)
+    try:
+        config.write_text(_large_config(20_000))  # 100,000 nodes: seconds to parse
+        d.proc.send_signal(signal.SIGHUP)
+        before = _steps(d.url, "steady")
+        # While the big file parses, the runs keep stepping and the daemon answers.
+        wait_for(lambda: _steps(d.url, "steady") >= before + 10, what="steps during the parse")
+        assert _events(d, "config_reloaded") == [] and _events(d, "config_rejected") == []
+        d.proc.send_signal(signal.SIGTERM)
+        assert d.proc.wait(timeout=10) == 0
+        assert _events(d, "stopped")
+    finally:
+        d.close()
+
+
+@pytest.mark.parametrize("target", ["/dev/zero", "fifo", "directory"])
+def test_a_reload_from_what_is_not_a_regular_file_is_rejected_and_runs_go_on(
+        tmp_path: Path, target: str) -> None:
+    config = tmp_path / "runs.yaml"
+    config.write_text(GOOD % 1)
+    d = start_daemon(tmp_path, config=config)
+    try:
+        config.unlink()
+        if target == "fifo":
+            os.mkfifo(config)
+        elif target == "directory":
+            config.mkdir()
+        else:
+            config.symlink_to(target)
+        d.proc.send_signal(signal.SIGHUP)
+        (rejected,) = wait_for(lambda: _events(d, "config_rejected"), what="the rejection")
+        assert rejected["errors"] == [f"{config}: cannot read: not a regular file"]
+        before = _steps(d.url, "steady")
+        wait_for(lambda: _steps(d.url, "steady") > before, what="steps after the rejection")
+        assert _scrape(d.url)["trainsim_config_last_reload_successful[]"] == 0.0
+        d.proc.send_signal(signal.SIGTERM)
+        assert d.proc.wait(timeout=10) == 0
+    finally:
+        d.close()
+
+
+def test_signals_during_start_up_neither_kill_the_daemon_nor_print_a_traceback(
+        tmp_path: Path) -> None:
+    config = tmp_path / "runs.yaml"
+    config.write_text(_large_config(20_000))
+    argv = [sys.executable, "-m", "simulator", "run", "--config.file", str(config),
+            "--web.listen-address", "127.0.0.1:0", "--log.format", "json"]
+    # SIGHUP while the config loads: the daemon starts, then reloads.
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(3)  # past the interpreter's start-up, into the load
+        proc.send_signal(signal.SIGHUP)
+        assert proc.stderr is not None
+        lines = []
+        for line in proc.stderr:
+            lines.append(line)
+            if '"event": "config_reloaded"' in line:
+                break
+        assert any('"event": "listening"' in line for line in lines)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+    # SIGINT while the config loads: a clean stop, as Ctrl-C should be.
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(3)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    assert '"event": "stopped"' in err.splitlines()[-1]
+    assert '"event": "listening"' not in err
+
+
+def test_a_document_over_the_node_limit_is_refused_before_it_is_composed(
+        tmp_path: Path) -> None:
+    # 100,000 runs, 5 MB: refused at its 200,001st node, with the memory of the events read so
+    # far, not of the whole composed document (which took 563 MB).
+    path = tmp_path / "huge.yaml"
+    path.write_text("runs:\n" + "".join(f"  - name: r{i}\n    optimizer: {{learning_rate: 0.1}}\n"
+                                        for i in range(100_000)))
+    probe = ("import resource, sys\nfrom simulator.config import ConfigError, load_file\n"
+             "try:\n    load_file(sys.argv[1])\nexcept ConfigError as exc:\n    print(exc)\n"
+             "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n")
+    res = subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True,
+                         text=True, timeout=120)
+    message, peak_kib = res.stdout.splitlines()
+    assert message.startswith(f"{path}:") and message.endswith(
+        ": document too large: more than 200000 nodes")
+    assert int(message.split(":")[1]) < 100_000  # stopped part-way through the file
+    assert int(peak_kib) < 150 * 1024, f"peak RSS {int(peak_kib) / 1024:.0f} MiB"

@@ -7,6 +7,7 @@ shards of a fleet are disjoint and their union is the fleet, whatever the names.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 
 from simulator import rng
@@ -33,13 +34,11 @@ MAX_SHARDS = 100_000
 
 
 def parse_shard(text: str) -> Shard:
-    """``INDEX/COUNT`` with 0 <= INDEX < COUNT; ValueError with a one-line reason otherwise."""
-    index, sep, count = text.partition("/")
-    try:
-        i, n = int(index), int(count)
-    except ValueError:
-        i = n = -1
-    if not sep or n < 1 or n > MAX_SHARDS or not 0 <= i < n:
+    """``INDEX/COUNT`` in ASCII digits with 0 <= INDEX < COUNT; ValueError with a one-line
+    reason otherwise."""
+    m = re.fullmatch(r"([0-9]{1,9})/([0-9]{1,9})", text)
+    i, n = (int(m[1]), int(m[2])) if m else (-1, -1)
+    if n < 1 or n > MAX_SHARDS or not 0 <= i < n:
         raise ValueError(f"must be INDEX/COUNT with 0 <= INDEX < COUNT <= {MAX_SHARDS}, "
                          f"e.g. 0/3, got {text!r}")
     return Shard(i, n)

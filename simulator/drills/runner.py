@@ -141,16 +141,21 @@ def _runs_started(daemon: stack.DaemonProcess) -> float:
 
 
 def _prometheus_alerts(url: str) -> list[dict[str, Any]]:
+    shown = client.redact(url)
     try:
-        status, body = stack.http_get(f"{url}/api/v1/alerts", timeout=5)
-    except OSError as exc:
-        raise DrillError(f"Prometheus at {url} is unreachable: {exc}") from None
+        target, auth = client.with_credentials(f"{url.rstrip('/')}/api/v1/alerts")
+        status, body = stack.http_get(target, timeout=5, headers=auth)
+    except client.TRANSPORT_ERRORS as exc:
+        raise DrillError(f"Prometheus at {shown} is unreachable: {client.reason(exc)}") from None
     if status != 200:
-        raise DrillError(f"Prometheus at {url} answered {status} to /api/v1/alerts")
+        raise DrillError(f"Prometheus at {shown} answered {status} to /api/v1/alerts")
     try:
-        return list(json.loads(body)["data"]["alerts"])
-    except (ValueError, KeyError, TypeError):
-        raise DrillError(f"{url} did not answer like Prometheus' /api/v1/alerts") from None
+        alerts = json.loads(body)["data"]["alerts"]
+    except (ValueError, KeyError, TypeError, RecursionError):
+        alerts = None
+    if not isinstance(alerts, list) or not all(isinstance(a, dict) for a in alerts):
+        raise DrillError(f"{shown} did not answer like Prometheus' /api/v1/alerts")
+    return alerts
 
 
 def watch(drill: Drill, endpoints: Endpoints, obs: Observations, start: float,
@@ -215,8 +220,9 @@ def run_drill(drill: Drill, endpoints: Endpoints | None = None,
         with lock:
             obs.see_notification(notification.payload, time.monotonic() - t0[0])
 
-    receiver = WebhookReceiver(webhook_address, on_notification=received)
+    receiver = None
     try:
+        receiver = _receiver(webhook_address, received)
         if endpoints is None:
             with tempfile.TemporaryDirectory(prefix="trainsim-drill-") as tmp, \
                     local_stack(drill, Path(tmp), receiver.url, rules_dir,
@@ -232,7 +238,19 @@ def run_drill(drill: Drill, endpoints: Endpoints | None = None,
         card.error = str(exc)
         return card
     finally:
-        receiver.close()
+        if receiver is not None:
+            receiver.close()
+
+
+def _receiver(address: str, on_notification: Callable[[Notification], None],
+              ) -> WebhookReceiver:
+    """The drill's webhook receiver on ``address``; DrillError if it cannot listen there."""
+    try:
+        return WebhookReceiver(address, on_notification=on_notification)
+    except (OSError, OverflowError) as exc:
+        why = getattr(exc, "strerror", None) or exc
+        raise DrillError(f"cannot listen on {address} (--webhook.listen-address): {why}"
+                         ) from None
 
 
 def _receiver_hint(url: str) -> str:
@@ -264,7 +282,10 @@ class Options:
 
 def main(o: Options, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     """``trainsim drill``: 0 if every expectation held, 1 if one failed, 3 if the drill could
-    not run; ConfigError (the drill file) or UsageError (the options) for a mistake."""
+    not run (a server unreachable or failing to start, the webhook receiver unable to listen,
+    the JUnit report unwritable after all); ConfigError (the drill file) or UsageError (the
+    options, a ``--junit`` path that cannot be written) for a mistake, before anything
+    starts."""
     drill = load_drill(o.file)
     endpoints = None
     if o.daemon is not None or o.prometheus is not None:
@@ -272,9 +293,10 @@ def main(o: Options, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
             raise UsageError("drill: --daemon and --prometheus go together")
         try:
             token = client.token(o.token_file)
-            for url in (o.daemon, o.prometheus, o.alertmanager):
+            for flag, url in (("--daemon", o.daemon), ("--prometheus", o.prometheus),
+                              ("--alertmanager", o.alertmanager)):
                 if url is not None:
-                    client.check_url(url)
+                    client.check_url(url, flag)
         except (UsageError, ValueError) as exc:
             raise UsageError(f"drill: {exc}") from None
         endpoints = Endpoints(o.daemon, o.prometheus, o.alertmanager, token)
@@ -291,20 +313,36 @@ def main(o: Options, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
         except (OSError, UnicodeDecodeError) as exc:
             raise UsageError(f"drill: --alertmanager.config: cannot read "
                              f"{o.alertmanager_config}: {exc}") from None
-    try:
-        card = run_drill(drill, endpoints, progress=err, webhook_address=o.webhook_address,
-                         rules_dir=rules, alertmanager_config=am_config)
-    except OSError as exc:
-        raise UsageError(f"drill: --webhook.listen-address: cannot listen on "
-                         f"{o.webhook_address}: {exc.strerror}") from None
+    if o.junit is not None:
+        _check_writable(o.junit)
+    card = run_drill(drill, endpoints, progress=err, webhook_address=o.webhook_address,
+                     rules_dir=rules, alertmanager_config=am_config)
     began = any(r.injected is not None for r in card.results)
     if o.output == "json":
         out.write(render_json(card))
     elif card.error is None or began:  # a stack that never started has no scorecard to show
         out.write(render_table(card))
-    if o.junit:
-        Path(o.junit).write_text(render_junit(card))
+    status = 0 if card.passed else 1
+    if o.junit is not None:
+        try:
+            Path(o.junit).write_text(render_junit(card))
+        except OSError as exc:
+            err.write(f"trainsim: drill: --junit: cannot write {o.junit}: "
+                      f"{exc.strerror or exc}\n")
+            status = 3
     if card.error is not None:
         err.write(f"trainsim: drill could not run: {' '.join(card.error.split())}\n")
-        return 3
-    return 0 if card.passed else 1
+        status = 3
+    return status
+
+
+def _check_writable(path: str) -> None:
+    """UsageError unless the JUnit report can be written at ``path``: opened for appending,
+    which creates it empty if it is missing and keeps what it holds until the report
+    replaces it."""
+    try:
+        with open(path, "a"):
+            pass
+    except OSError as exc:
+        raise UsageError(f"drill: --junit: cannot write {path}: {exc.strerror or exc}"
+                         ) from None

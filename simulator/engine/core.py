@@ -209,6 +209,8 @@ class Engine:
         self._restart_rows(mask, self.now)
 
     def _restart_rows(self, mask: Bools, at: float) -> None:
+        self.timeline.restarted([self.names[i] for i in np.flatnonzero(mask)])
+        self.mods = self.timeline.table.modifiers(at, self.runs.paused)
         self.runs.restarts[mask] += 1
         self.runs.progress[mask] = 0.0
         for g in self.groups:
@@ -226,7 +228,8 @@ class Engine:
         m = len(z0)
         step = np.zeros(m, np.int64)
         keys, counter = (self.keys[rows], self._counter(rows, step)) if g.random else (None, None)
-        loss0, grad0 = g.observe(z0, local, keys, counter)
+        with np.errstate(all="ignore"):  # a start far out (init: 1e308) overflows to inf
+            loss0, grad0 = g.observe(z0, local, keys, counter)
         g.z[local] = z0
         g.grad[local] = grad0
         g.prev_dw[local] = 0.0
@@ -578,8 +581,9 @@ class Engine:
         )
 
     def _validation_loss(self) -> Floats:
-        parts = [g.landscape.validation_loss(g.z, slice(None)) for g in self.groups
-                 if g.landscape.has_validation]
+        with np.errstate(all="ignore"):  # a diverged run's held-out loss overflows to inf
+            parts = [g.landscape.validation_loss(g.z, slice(None)) for g in self.groups
+                     if g.landscape.has_validation]
         return np.concatenate(parts) if parts else np.zeros(0)
 
     def _parameters(self, g: Group, local: Index = slice(None)) -> Floats:

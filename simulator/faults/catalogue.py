@@ -16,12 +16,10 @@ from typing import Any
 from simulator.schema.fields import (
     MAX_STEPS,
     Reader,
-    at_least_one,
-    finite,
+    bounded,
     integer,
     join,
     non_negative_duration,
-    positive,
     positive_duration,
 )
 from simulator.schema.kinds import Param
@@ -29,6 +27,17 @@ from simulator.schema.kinds import Param
 
 def _param(name: str, default: float, convert: Any, help: str) -> Param:
     return Param(name, name, convert, default, help)
+
+
+# Every parameter is bounded so that a run recovers once the window ends (or, for what
+# diverges it, when it restarts) and no value overflows float64 on the way: a learning rate
+# or gradient scaled a million times blows a run up but stays finite for its detectors, and
+# an optimum moved by at most 100 stays inside the default divergence_parameter (1e3).
+_FACTOR = bounded(0, 1e6, lo_open=True)
+_SHRINK = bounded(0, 1, lo_open=True)
+_SHIFT = bounded(-100, 100)
+_SIGMA = bounded(0, 1e3, lo_open=True)
+_SLOWER = bounded(1, 1e6)
 
 
 @dataclass(frozen=True)
@@ -65,14 +74,14 @@ FAULTS: dict[str, FaultKind] = {k.name: k for k in (
         "each step in the window uses `learning_rate * factor`; `trainsim_learning_rate` shows "
         "it. A large enough factor makes a healthy run diverge",
         "`TrainsimRunDiverging` (the detector flags the divergence after its rising streak)",
-        (_param("factor", 10.0, positive, "multiplies the learning rate"),),
+        (_param("factor", 10.0, _FACTOR, "multiplies the learning rate"),),
         scales_lr="factor"),
     FaultKind(
         "gradient_explosion",
         "the gradient observed at each step in the window is multiplied: "
         "`trainsim_gradient_norm` jumps, and the next update uses it",
         "`TrainsimGradientNormSpike`; `TrainsimRunDiverging` when the updates blow up",
-        (_param("factor", 100.0, positive, "multiplies the gradient"),),
+        (_param("factor", 100.0, _FACTOR, "multiplies the gradient"),),
         scales_gradient="factor"),
     FaultKind(
         "nan",
@@ -87,7 +96,7 @@ FAULTS: dict[str, FaultKind] = {k.name: k for k in (
         "`factor` (small, but above the convergence tolerance for a run that is still "
         "descending)",
         "`TrainsimRunStalled` (the stall detector trips after one `stall_window`)",
-        (_param("factor", 0.01, positive, "multiplies the observed gradient"),),
+        (_param("factor", 0.01, _SHRINK, "multiplies the observed gradient"),),
         scales_gradient="factor", freezes=True),
     FaultKind(
         # Signed: the seed's runs approach their optimum from above, so a negative shift moves
@@ -98,21 +107,21 @@ FAULTS: dict[str, FaultKind] = {k.name: k for k in (
         "settles and re-converges. `shift` is signed: the seed's runs approach c from above, "
         "so a negative shift moves the optimum away from them",
         "`TrainsimLossRising`",
-        (_param("shift", -3.0, finite, "how far the optimum moves, in every dimension"),),
+        (_param("shift", -3.0, _SHIFT, "how far the optimum moves, in every dimension"),),
         default_duration=60.0, drifts="shift"),
     FaultKind(
         "noise_burst",
         "Gaussian noise with standard deviation `sigma * factor` is added to each gradient in "
         "the window, seeded by (run seed, run name, attempt, step): reproducible bit for bit",
         "`TrainsimGradientNormSpike`, possibly `TrainsimLossRising`",
-        (_param("factor", 10.0, positive, "multiplies sigma"),
-         _param("sigma", 1.0, positive, "standard deviation of the noise, before factor")),
+        (_param("factor", 10.0, _SIGMA, "multiplies sigma"),
+         _param("sigma", 1.0, _SIGMA, "standard deviation of the noise, before factor")),
         noise=("sigma", "factor")),
     FaultKind(
         "slow_steps",
         "steps fall due `factor` times less often during the window",
         "`TrainsimStepRateRegression`",
-        (_param("factor", 4.0, at_least_one, "how many times longer a step takes"),),
+        (_param("factor", 4.0, _SLOWER, "how many times longer a step takes"),),
         slows="factor"),
     FaultKind(
         "hang",

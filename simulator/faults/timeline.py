@@ -1,12 +1,16 @@
 """Faults on the runs' timelines and what they do to each run at a moment. Pure: time is
 passed in.
 
-A fault is active on [start, end) in simulated seconds. ``FaultTimeline`` keeps every fault of
-the fleet (scheduled by the config or injected through the API), gives them ids, counts the
-windows that began and reports the ones that began or ended. ``FaultTable`` holds them as
-arrays, so that the modifiers for all runs at a moment (``modifiers``) and the next moment at
-which any fault starts or ends (``next_boundary``) are a few vectorized operations. Each
-kind's effects come from its declaration in ``simulator.faults.catalogue``.
+A fault is active on [start, end) in simulated seconds. ``FaultTimeline`` keeps the faults of
+the fleet that are active or still to come (scheduled by the config or injected through the
+API; at most ``MAX_FAULTS_PER_RUN`` a run), gives them ids, counts the windows that began and
+reports the ones that began or ended. A fault that ended leaves every table, so the cost of a
+change depends on the faults alive, not on how many there ever were; what an ended drift did
+(the optimum stays where it moved) is kept per run until the run restarts. ``FaultTable``
+holds the faults as arrays, so that the modifiers for all runs at a moment (``modifiers``)
+and the next moment at which any fault starts or ends (``next_boundary``) are a few
+vectorized operations. Each kind's effects come from its declaration in
+``simulator.faults.catalogue``.
 """
 
 from __future__ import annotations
@@ -19,6 +23,13 @@ import numpy as np
 
 from simulator.arrays import Bools, Floats, Ints
 from simulator.faults.catalogue import FAULT_KINDS, FAULTS, FaultSpec
+
+# Faults active or to come on one run at a time: an injection beyond it is refused.
+MAX_FAULTS_PER_RUN = 16
+
+
+class FaultLimitError(ValueError):
+    """A run already has ``MAX_FAULTS_PER_RUN`` faults active or to come."""
 
 
 @dataclass
@@ -81,7 +92,7 @@ class FaultTable:
     """
 
     def __init__(self, records: Sequence[FaultRecord], row_of: Mapping[str, int],
-                 n: int) -> None:
+                 n: int, settled_drift: Mapping[str, float] | None = None) -> None:
         self.n = n
         kinds = [FAULTS[r.kind] for r in records]
         both = list(zip((r.spec for r in records), kinds, strict=True))
@@ -105,7 +116,11 @@ class FaultTable:
         # The planned window sets the speed; clearing a drift early stops it where it is.
         self.drift_rate = np.array([s.param(k.drifts) / s.duration for s, k in both
                                     if k.drifts is not None])
-        self.drifting_rows: Bools = np.zeros(n, np.bool_)
+        # Where ended drifts left each run's optimum (0 for most runs).
+        self.settled: Floats = np.zeros(n)
+        for run, offset in (settled_drift or {}).items():
+            self.settled[row_of[run]] = offset
+        self.drifting_rows: Bools = self.settled != 0.0
         self.drifting_rows[self.drift_rows] = True
 
     def active(self, t: float) -> Bools:
@@ -140,7 +155,7 @@ class FaultTable:
             nan[rows[self.nan[act]]] = True
             absent[rows[self.absent[act]]] = True
             np.add.at(noise, rows, self.noise[act])
-        any_effect = bool(act.any() or self.drift_rows.size)
+        any_effect = bool(act.any() or self.drifting_rows.any())
         return Modifiers(lr_mult, grad_scale, frozen, nan, noise, rate, absent, any_effect)
 
     def drift_offset(self, rows: Ints, times: Floats) -> Floats:
@@ -148,7 +163,7 @@ class FaultTable:
 
         A drift moves it linearly by ``shift`` over its window and leaves it there.
         """
-        out = np.zeros(len(rows))
+        out = self.settled[rows]
         if not self.drift_rows.size:
             return out
         pos = np.searchsorted(rows, self.drift_rows)  # rows is sorted (a block of the fleet)
@@ -171,15 +186,21 @@ class FaultTimeline:
     def __init__(self, row_of: Mapping[str, int], next_id: int = 1) -> None:
         self.row_of = row_of
         self.next_id = next_id
-        self.records: list[FaultRecord] = []
+        self.records: list[FaultRecord] = []  # active or to come
         # Windows begun per (run, kind): trainsim_faults_injected_total.
         self.injected: dict[tuple[str, str], int] = {}
+        # Where ended drifts left each run's optimum, until the run restarts.
+        self.settled_drift: dict[str, float] = {}
         self._events: list[tuple[str, FaultEvent]] = []
         self.table = FaultTable([], row_of, len(row_of))
         self.pairs: tuple[tuple[int, str], ...] = ()
 
     def add(self, run: str, spec: FaultSpec, start: float, source: str) -> FaultRecord:
-        """Put a fault on ``run``'s timeline at ``start``; ``rebuild`` makes it count."""
+        """Put a fault on ``run``'s timeline at ``start``; ``rebuild`` makes it count.
+        FaultLimitError if the run has ``MAX_FAULTS_PER_RUN`` faults active or to come."""
+        if sum(1 for r in self.records if r.run == run) >= MAX_FAULTS_PER_RUN:
+            raise FaultLimitError(f"run {run!r} has {MAX_FAULTS_PER_RUN} faults active or to "
+                                  "come, the most a run can have: clear one first")
         rec = FaultRecord(id=str(self.next_id), run=run, spec=spec, start=start,
                           end=start + spec.duration, source=source)
         self.next_id += 1
@@ -188,12 +209,17 @@ class FaultTimeline:
 
     def rebuild(self) -> None:
         """Rebuild the arrays after records were added, changed or removed."""
-        self.table = FaultTable(self.records, self.row_of, len(self.row_of))
-        kinds = {(self.row_of[r.run], r.kind) for r in self.records}
+        self.table = FaultTable(self.records, self.row_of, len(self.row_of),
+                                self.settled_drift)
+        # A (run, kind) keeps its ground-truth series once it had a fault, ended or not.
+        kinds = ({(self.row_of[r.run], r.kind) for r in self.records}
+                 | {(self.row_of[run], kind) for run, kind in self.injected})
         self.pairs = tuple(sorted(kinds, key=lambda p: (p[0], FAULT_KINDS.index(p[1]))))
 
     def cross(self, t: float) -> None:
-        """Count the windows begun by ``t`` and note those that begin or end at ``t``."""
+        """Count the windows begun by ``t``, note those that begin or end at ``t``, and drop
+        the faults that have ended by ``t``."""
+        ended = []
         for rec in self.records:
             if not rec.counted and rec.start <= t:
                 rec.counted = True
@@ -202,6 +228,22 @@ class FaultTimeline:
                 self._events.append(("injected", FaultEvent.of(rec)))
             if rec.end == t:
                 self._events.append(("cleared", FaultEvent.of(rec)))
+            if rec.end <= t:
+                ended.append(rec)
+        if ended:
+            for rec in ended:
+                drifts = FAULTS[rec.kind].drifts
+                if drifts is not None and rec.end > rec.start:
+                    # Moved at the planned window's speed, for as long as it lasted.
+                    moved = rec.spec.param(drifts) * (rec.end - rec.start) / rec.spec.duration
+                    self.settled_drift[rec.run] = self.settled_drift.get(rec.run, 0.0) + moved
+            self.records = [r for r in self.records if r.end > t]
+            self.rebuild()
+
+    def restarted(self, runs: Sequence[str]) -> None:
+        """Runs that start afresh: what ended drifts did to them is gone."""
+        if any(self.settled_drift.pop(run, None) is not None for run in runs):
+            self.rebuild()
 
     def clear(self, run: str, fault_id: str, now: float) -> FaultRecord:
         """End a fault now (or drop it if it has not begun); KeyError if the run has no such
@@ -244,4 +286,5 @@ class FaultTimeline:
         self.records = ([r for r in self.records if r.run not in runs]
                         + [r for r in old.records if r.run in runs])
         self.injected.update({k: v for k, v in old.injected.items() if k[0] in runs})
+        self.settled_drift.update({k: v for k, v in old.settled_drift.items() if k in runs})
         self.rebuild()

@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from simulator.files import MAX_CONFIG_BYTES, FileReadError, read_regular
 from simulator.schema.errors import ConfigError, ConfigIssue
 
 MAX_NODES = 200_000
@@ -118,18 +119,48 @@ class _Composer:
         return out
 
 
-def _check_depth(text: str) -> None:
-    """Reject deep nesting from the event stream (iterative) before the recursive composer."""
-    depth = 0
-    for event in yaml.parse(text, Loader=yaml.SafeLoader):
-        if isinstance(event, yaml.MappingStartEvent | yaml.SequenceStartEvent):
-            depth += 1
-            if depth > MAX_DEPTH:
-                mark = event.start_mark
-                raise _FatalError(int(mark.line) + 1 if mark is not None else 1,
-                                  f"nesting deeper than {MAX_DEPTH} levels")
+def _check_shape(text: str) -> None:
+    """Reject deep nesting and too many nodes before composing (see ``_scan``): with libyaml's
+    parser where PyYAML has it, ten times faster than the pure-Python one; with the latter
+    where libyaml refuses the text (it stops at its own nesting limit, say), so that the
+    limits are reported as such."""
+    fast = getattr(yaml, "CSafeLoader", None)
+    if fast is not None:
+        try:
+            _scan(text, fast)
+            return
+        except yaml.YAMLError:
+            pass
+    try:
+        _scan(text, yaml.SafeLoader)
+    except yaml.YAMLError:
+        return  # a syntax error: the composer reports it, with its line
+
+
+def _scan(text: str, loader: Any) -> None:
+    """Reject deep nesting and too many nodes from the event stream, as it is parsed: a huge
+    document stops at its ``MAX_NODES``-th node (aliases are counted as they expand, later,
+    by the composer)."""
+    depth = nodes = 0
+    for event in yaml.parse(text, Loader=loader):
+        if isinstance(event, yaml.MappingStartEvent | yaml.SequenceStartEvent
+                      | yaml.ScalarEvent):
+            nodes += 1
+            if nodes > MAX_NODES:
+                raise _FatalError(_event_line(event),
+                                  f"document too large: more than {MAX_NODES} nodes")
+            if not isinstance(event, yaml.ScalarEvent):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    raise _FatalError(_event_line(event),
+                                      f"nesting deeper than {MAX_DEPTH} levels")
         elif isinstance(event, yaml.MappingEndEvent | yaml.SequenceEndEvent):
             depth -= 1
+
+
+def _event_line(event: yaml.Event) -> int:
+    mark = event.start_mark
+    return int(mark.line) + 1 if mark is not None else 1
 
 
 def _decode(data: bytes | str, source: str) -> str:
@@ -147,7 +178,7 @@ def parse_yaml(data: bytes | str, source: str) -> Any:
     """Parse one YAML document into plain values that remember their line numbers."""
     text = _decode(data, source)
     try:
-        _check_depth(text)
+        _check_shape(text)
         loader = yaml.SafeLoader(text)
         try:
             node = loader.get_single_node()
@@ -176,10 +207,11 @@ def parse_yaml(data: bytes | str, source: str) -> Any:
 
 
 def read_yaml_file(path: str | Path) -> Any:
-    """Read and parse a YAML file; a file that cannot be read is one ConfigError line."""
+    """Read and parse a YAML file (a regular file of at most ``MAX_CONFIG_BYTES``); a file that
+    cannot be read is one ConfigError line."""
     p = Path(path)
     try:
-        data = p.read_bytes()
-    except OSError as exc:
-        raise ConfigError([ConfigIssue(0, "", f"cannot read: {exc.strerror}", str(p))]) from None
+        data = read_regular(p, MAX_CONFIG_BYTES)
+    except FileReadError as exc:
+        raise ConfigError([ConfigIssue(0, "", f"cannot read: {exc.reason}", str(p))]) from None
     return parse_yaml(data, str(p))

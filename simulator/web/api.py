@@ -22,6 +22,7 @@ import numpy as np
 from simulator.arrays import Floats
 from simulator.engine import STATES
 from simulator.faults.catalogue import FAULTS, FaultSpec, read_fault
+from simulator.faults.timeline import FaultLimitError
 from simulator.schema.fields import MAX_NAME_LENGTH, NAME_CHARS, Reader, is_name
 from simulator.schema.loader import LocMap
 from simulator.web.auth import ControlSettings, authorize
@@ -128,12 +129,14 @@ class ControlApi:
             response = _error(exc.status, exc.message, getattr(exc, "field", None), exc.headers)
         except NotFoundError as exc:
             response = _error(404, str(exc))
+        except FaultLimitError as exc:
+            response = _error(409, str(exc))
         except Exception:
             # A bug, not the client's mistake: log it with its traceback, tell the client little.
             self.controller.log.exception("api_request_failed", method=method,
                                           path=h.path[:200])
             response = _error(500, "internal error; see the daemon's log")
-        return body.settle(response)
+        return response  # the shell drops or refuses a body nobody read
 
     def _handle(self, h: Handler, method: str, body: RequestBody) -> Response:
         m = _match(h.path.split("?", 1)[0])

@@ -10,8 +10,8 @@ from __future__ import annotations
 import hmac
 import urllib.parse
 from dataclasses import dataclass, field
-from pathlib import Path
 
+from simulator.files import MAX_TOKEN_BYTES, FileReadError, read_regular
 from simulator.schema.errors import UsageError
 from simulator.web.server import Handler, HttpError, is_loopback, parse_listen_address
 
@@ -57,9 +57,9 @@ def authorize(h: Handler, settings: ControlSettings) -> None:
 def read_token(path: str, flag: str) -> str:
     """The token in ``path``, surrounding whitespace stripped; UsageError if unusable."""
     try:
-        raw = Path(path).read_bytes()
-    except OSError as exc:
-        raise UsageError(f"{flag}: cannot read {path}: {exc.strerror}") from None
+        raw = read_regular(path, MAX_TOKEN_BYTES)
+    except FileReadError as exc:
+        raise UsageError(f"{flag}: cannot read {path}: {exc.reason}") from None
     token = raw.strip()
     if not token:
         raise UsageError(f"{flag}: {path} is empty")

@@ -43,16 +43,22 @@ class Notification:
 
     def summary(self) -> dict[str, Any]:
         """What a log line says of it: receiver, status and each alert's identifying labels."""
-        alerts = [a for a in self.payload.get("alerts", []) if isinstance(a, dict)]
+        listed = self.payload.get("alerts")
+        alerts = [a for a in listed if isinstance(a, dict)] if isinstance(listed, list) else []
         return {
             "path": self.path,
             "receiver": self.payload.get("receiver"),
             "status": self.payload.get("status"),
-            "alerts": [{"status": a.get("status"),
-                        **{k: v for k, v in (a.get("labels") or {}).items()
-                           if k in ("alertname", "run", "severity", "drill")}}
+            "alerts": [{"status": a.get("status"), **_identity(a.get("labels"))}
                        for a in alerts],
         }
+
+
+def _identity(labels: Any) -> dict[str, Any]:
+    """The labels that identify an alert, from what should be its label set."""
+    if not isinstance(labels, dict):
+        return {}
+    return {k: v for k, v in labels.items() if k in ("alertname", "run", "severity", "drill")}
 
 
 class WebhookReceiver:
@@ -73,26 +79,24 @@ class WebhookReceiver:
         return Response(200, b"ok\n")
 
     def _root(self, h: Handler, method: str) -> Response:
-        body = RequestBody(h, MAX_BODY)
+        # A body nobody reads here (a GET's, say) is dropped by the shell.
         if method == "POST":
             try:
-                response = self._receive(h.path, body)
+                return self._receive(h.path, RequestBody(h, MAX_BODY))
             except HttpError as exc:
-                response = json_response(exc.status, {"error": exc.message}, exc.headers)
-        elif method not in ("GET", "HEAD"):
-            response = method_not_allowed("GET, HEAD, POST")
-        elif h.path.split("?", 1)[0] == "/":
-            response = json_response(200, {"notifications": [
+                return json_response(exc.status, {"error": exc.message}, exc.headers)
+        if method not in ("GET", "HEAD"):
+            return method_not_allowed("GET, HEAD, POST")
+        if h.path.split("?", 1)[0] == "/":
+            return json_response(200, {"notifications": [
                 {"received": n.received, "path": n.path, **n.payload}
                 for n in self.received()]})
-        else:
-            response = json_response(404, {"error": "not found; GET / lists the notifications"})
-        return body.settle(response)
+        return json_response(404, {"error": "not found; GET / lists the notifications"})
 
     def _receive(self, path: str, body: RequestBody) -> Response:
         try:
             payload = json.loads(body.read(required=True))
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested too deeply
             payload = None
         if not isinstance(payload, dict):
             return json_response(400, {"error": "body must be a JSON object"})
