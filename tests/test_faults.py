@@ -326,3 +326,12 @@ def test_the_most_extreme_faults_allowed_leave_a_run_that_recovers() -> None:
         for t in range(1, 21):
             engine.advance(40.0 + t)
             assert float(engine.runs.loss[0]) == float(fresh[t].loss[0]), t
+
+
+def test_a_config_may_schedule_more_faults_on_a_run_than_the_api_may_inject() -> None:
+    faults = "".join(f"      - {{kind: lr_spike, at: {i}s, duration: 1s, factor: 1.5}}\n"
+                     for i in range(20))
+    engine = engine_with(faults)
+    assert len(engine.timeline.records) == 20
+    snaps = trace(engine, 25)
+    assert snaps[-1].faults_injected.tolist() == [20.0]
