@@ -28,7 +28,7 @@ test-deps:
 	fi
 
 lint:
-	$(BIN)/ruff check simulator tests benchmarks
+	$(BIN)/ruff check simulator tests benchmarks dashboards docs
 
 typecheck:
 	$(BIN)/mypy simulator
@@ -36,11 +36,13 @@ typecheck:
 pytest:
 	$(BIN)/python -m pytest
 
-# The reference tables of docs/config.md and docs/faults.md, from the code's declarations, and
-# docs/quickstart.md, from what its commands print.
+# The reference tables of docs/config.md and docs/faults.md, from the code's declarations,
+# docs/quickstart.md, from what its commands print, and the Grafana dashboards' JSON, from
+# dashboards/generate.py (grafana-foundation-sdk, in the test extra).
 docs: $(BIN)/python
 	$(BIN)/python -m simulator.reference docs/config.md docs/faults.md
 	$(BIN)/python docs/quickstart.py
+	$(BIN)/python dashboards/generate.py
 
 bench: $(BIN)/python
 	$(BIN)/pip install --quiet --disable-pip-version-check .

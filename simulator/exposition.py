@@ -59,6 +59,9 @@ SCALARS: tuple[tuple[Family, str], ...] = (
 )
 VALIDATION_LOSS = Family("trainsim_validation_loss", "gauge",
                          "Loss on the held-out split (logistic_regression runs only).")
+EXCESS_LOSS = Family("trainsim_excess_loss", "gauge",
+                     "Loss above the landscape's minimum, J(w) - min J, noise-free and without "
+                     "cancellation (runs whose landscape knows its minimum).")
 PARAMETER = Family("trainsim_parameter", "gauge",
                    "Current value of one parameter of a run with at most 8 parameters.",
                    ("run", "dim"))
@@ -75,8 +78,8 @@ FAULT_ACTIVE = Family("trainsim_fault_active", "gauge",
 FAULTS_INJECTED = Family("trainsim_faults_injected", "counter",
                          "Faults of this kind whose window began on the run.", ("run", "fault"))
 FAMILIES: tuple[Family, ...] = (
-    *(f for f, _ in SCALARS), VALIDATION_LOSS, PARAMETER, RUN_INFO, RUN_STATE, ALERT_ACTIVE,
-    FAULT_ACTIVE, FAULTS_INJECTED)
+    *(f for f, _ in SCALARS), VALIDATION_LOSS, EXCESS_LOSS, PARAMETER, RUN_INFO, RUN_STATE,
+    ALERT_ACTIVE, FAULT_ACTIVE, FAULTS_INJECTED)
 # Families whose values are all 0 or 1: rendered from a lookup and cached while unchanged.
 _FLAGS = (RUN_INFO, RUN_STATE, ALERT_ACTIVE, FAULT_ACTIVE)
 
@@ -106,6 +109,7 @@ def layout(snap: Snapshot) -> dict[str, tuple[Labels, Rows]]:
     out[PARAMETER.name] = (labels, np.array(rows, dtype=np.int64))
     out[VALIDATION_LOSS.name] = ([(names[r],) for r in snap.validation_rows.tolist()],
                                  snap.validation_rows)
+    out[EXCESS_LOSS.name] = ([(names[r],) for r in snap.excess_rows.tolist()], snap.excess_rows)
     out[RUN_INFO.name] = (list(zip(names, snap.landscapes, snap.optimizers, snap.schedules,
                                    strict=True)), every)
     out[RUN_STATE.name] = ([(nm, st) for nm in names for st in STATES],
@@ -127,6 +131,8 @@ def sample_values(snap: Snapshot, fam: Family) -> NDArray[np.float64]:
             return result
     if fam is VALIDATION_LOSS:
         return snap.validation_loss
+    if fam is EXCESS_LOSS:
+        return snap.excess_loss
     if fam is PARAMETER:
         params: NDArray[np.float64] = np.concatenate(
             [w.ravel() for _, w in snap.parameters] or [np.zeros(0)])
@@ -236,7 +242,8 @@ _FIXED_PER_RUN = len(SCALARS) + 1 + len(STATES) + len(ALERTS)
 def series_count(snap: Snapshot) -> int:
     """How many per-run samples ``render`` writes for ``snap``, from the arrays alone."""
     present = snap.present
-    count = _FIXED_PER_RUN * int(present.sum()) + int(present[snap.validation_rows].sum())
+    count = (_FIXED_PER_RUN * int(present.sum()) + int(present[snap.validation_rows].sum())
+             + int(present[snap.excess_rows].sum()))
     for first, w in snap.parameters:
         count += w.shape[1] * int(present[first:first + w.shape[0]].sum())
     if snap.fault_pairs:

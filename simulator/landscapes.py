@@ -75,6 +75,12 @@ class Landscape:
         """Loss on the held-out split (only when ``has_validation``)."""
         raise NotImplementedError
 
+    def excess(self, z: Floats, sel: Index) -> Floats:
+        """The noise-free loss above the landscape's minimum, J(w) - min J, at ``z`` for
+        members ``sel``, computed without subtracting the two (so it keeps its precision as the
+        loss reaches its floor); NaN where the minimum is not known in closed form."""
+        return np.full(z.shape[0], np.nan)
+
     def surface(self, z: Floats, member: int) -> tuple[Floats, Floats]:
         """The noise-free loss and gradient of block member ``member``'s landscape at the
         points ``z`` (rows): what the live page draws."""
@@ -247,20 +253,29 @@ class QuadraticLandscape(Landscape):
     def loss_grad(self, z: Floats, sel: Index, keys: U64 | None = None,
                   counter: U64 | None = None) -> tuple[Floats, Floats]:
         """Loss (m,) and gradient (m, d) at internal coordinates ``z`` for members ``sel``."""
+        excess, grad = self._bowl(z, sel)
+        loss: Floats = excess + self.b[sel]
+        return loss, grad
+
+    def excess(self, z: Floats, sel: Index) -> Floats:
+        """1/2 z^T H z: the loss less b."""
+        return self._bowl(z, sel)[0]
+
+    def _bowl(self, z: Floats, sel: Index) -> tuple[Floats, Floats]:
         h = self.h[sel]
         if self.q is not None:
             q = self.q[sel]
             y = np.einsum("mji,mj->mi", q, z)  # eigen-coordinates Q^T z
             hy = h * y
             grad: Floats = np.einsum("mij,mj->mi", q, hy)
-            loss: Floats = 0.5 * np.einsum("ij,ij->i", hy, y) + self.b[sel]
-            return loss, grad
+            excess: Floats = 0.5 * np.einsum("ij,ij->i", hy, y)
+            return excess, grad
         grad = h * z
         if z.shape[1] == 1:  # one parameter: skip a reduction over an axis of length 1
-            loss = grad[:, 0] * z[:, 0] * 0.5 + self.b[sel]
+            excess = grad[:, 0] * z[:, 0] * 0.5
         else:
-            loss = 0.5 * np.einsum("ij,ij->i", grad, z) + self.b[sel]
-        return loss, grad
+            excess = 0.5 * np.einsum("ij,ij->i", grad, z)
+        return excess, grad
 
 
 def rotation(key: int, d: int) -> Floats:
@@ -319,6 +334,10 @@ class RosenbrockLandscape(Landscape):
         grad[:, :-1] = -4.0 * b * head * bend - 2.0 * off
         grad[:, 1:] += 2.0 * b * bend
         return loss, grad
+
+    def excess(self, z: Floats, sel: Index) -> Floats:
+        """The loss itself (the minimum is 0 where the spec's ``optimum`` is known)."""
+        return self.loss_grad(z, sel)[0]
 
 
 # --------------------------------------------------------------------------- noisy quadratic
@@ -393,6 +412,12 @@ class NoisyQuadraticLandscape(Landscape):
         loss: Floats = 0.5 * np.einsum("ij,ij->i", hz, z)
         return loss, hz
 
+    def excess(self, z: Floats, sel: Index) -> Floats:
+        """The loss itself: the minimum is 0."""
+        hz = self.h * z
+        excess: Floats = 0.5 * np.einsum("ij,ij->i", hz, z)
+        return excess
+
 
 # --------------------------------------------------------------------------- plateau
 
@@ -442,6 +467,11 @@ class PlateauLandscape(Landscape):
         loss: Floats = -scale * np.expm1(-x) + self.b[sel]
         grad: Floats = (2.0 * scale * inv_s2 * np.exp(-x))[:, None] * z
         return loss, grad
+
+    def excess(self, z: Floats, sel: Index) -> Floats:
+        """scale * (1 - exp(-|z|^2 / s^2)): the loss less b."""
+        excess: Floats = -self.scale[sel] * np.expm1(-_row_sum_of_squares(z) * self.inv_s2[sel])
+        return excess
 
 
 # --------------------------------------------------------------------------- logistic regression

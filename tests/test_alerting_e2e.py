@@ -81,8 +81,10 @@ T = TypeVar("T")
 
 
 def scenario_config() -> str:
-    """configs/default.yaml without its diverging run, plus the two victims."""
+    """configs/default.yaml without its diverging run, plus the two victims, all stepping
+    once a second (the timeline above counts in steps of 1 s)."""
     config: dict[str, Any] = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    config["defaults"] |= {"step_interval": "1s", "steps": 300}
     config["runs"] = [run for run in config["runs"] if run["name"] in HEALTHY]
     assert [run["name"] for run in config["runs"]] == list(HEALTHY)
     fault = {"kind": "lr_spike", "at": f"{FAULT_AT_S}s", "duration": f"{FAULT_DURATION_S}s",

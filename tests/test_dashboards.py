@@ -1,8 +1,12 @@
-"""The Grafana dashboards: lint as tests, and every query run against a real Prometheus.
+"""The Grafana dashboards: generated from code, lint as tests, every query run against a real
+Prometheus.
 
-The lint follows grafana/dashboard-linter's rules (template-datasource, panel-datasource,
-panel-units, panel-title-description, target-rate-interval) and adds the project's own: pinned
-uids, defined variables, a valid JSON model, log-scale loss panels.
+dashboards/generate.py writes the JSON with Grafana's foundation SDK; the committed files must be
+what it writes. The lint follows grafana/dashboard-linter's rules (template-datasource,
+panel-datasource, panel-units, panel-title-description, target-rate-interval) and adds the
+project's own: pinned uids, defined variables, a valid JSON model, log-scale losses, units and
+axis labels that name the quantity, a default range that holds a whole loop of the default
+config.
 
 The live tests start the daemon on the embedded default config and Debian's Prometheus (with
 the shipped alert rules) on loopback, then run every panel, annotation and variable query of
@@ -15,6 +19,8 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,10 +30,13 @@ from typing import Any
 import pytest
 import yaml
 
+from simulator.config import load_default
 from simulator.drills import profile, stack
+from simulator.durations import parse_prometheus
 
 REPO = Path(__file__).resolve().parent.parent
 DASHBOARDS = REPO / "dashboards"
+GENERATOR = DASHBOARDS / "generate.py"
 RULES = REPO / "configs" / "prometheus" / "rules"
 SHIPPED_PROMETHEUS_CONFIG = REPO / "configs" / "prometheus" / "prometheus.yml"
 
@@ -53,6 +62,7 @@ VALID_UNITS = {
     "s", "ms", "µs", "ns", "m", "h", "d", "dtdurations", "dtdurationms",
     "dateTimeAsIso", "dateTimeAsSystem", "dateTimeFromNow",
     "hertz", "ops", "reqps", "rps", "wps", "iops", "cps", "eps", "mps", "recps", "rowsps",
+    "opm",
     "bytes", "decbytes", "bits", "Bps", "binBps", "bps",
 }
 
@@ -62,7 +72,11 @@ VARIABLE_REF = re.compile(
     r"|\$(?P<plain>[A-Za-z_]\w*)"
 )
 PROMQL_STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`')
-RANGE_SELECTOR = re.compile(r"\[([^\]]*)\]")
+RANGE_SELECTOR = re.compile(r"\[([^\]]*)\](\s*@\s*end\(\))?")
+# Quantities that span decades: scientific notation with a set number of decimals (Grafana's
+# "sci" prints every digit otherwise), and a log axis where plotted over time.
+DECADE_METRICS = ("trainsim_loss", "trainsim_excess_loss", "trainsim_gradient_norm",
+                  "trainsim_update_norm")
 
 
 def _load(name: str) -> dict[str, Any]:
@@ -126,6 +140,18 @@ dashboard_files = pytest.mark.parametrize("name", sorted(EXPECTED_UIDS))
 
 
 # ----------------------------------------------------------------------------- JSON model
+
+
+def test_the_committed_files_are_what_the_generator_writes(tmp_path: Path) -> None:
+    res = subprocess.run([sys.executable, str(GENERATOR), str(tmp_path)],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    written = sorted(p.name for p in tmp_path.iterdir())
+    assert written == sorted(EXPECTED_UIDS), "the generator writes exactly the pinned dashboards"
+    stale = [name for name in written
+             if (tmp_path / name).read_bytes() != (DASHBOARDS / name).read_bytes()]
+    assert not stale, (f"{stale} differ from what dashboards/generate.py writes: edit the "
+                       "generator, never the JSON, and run `make docs`")
 
 
 def test_every_dashboard_file_has_a_pinned_uid() -> None:
@@ -257,13 +283,20 @@ def test_panel_title_description_rule(name: str) -> None:
 
 @pytest.mark.parametrize("query", ALL_QUERIES, ids=lambda q: q.id)
 def test_target_rate_interval_rule(query: Query) -> None:
-    """Every range selector (rate, increase, changes, ...) uses $__rate_interval."""
+    """Every range selector (rate, increase, changes, ...) uses $__rate_interval; the one
+    exception is a reduction over the dashboard's whole range, evaluated once at its end
+    (`[$__range] @ end()`), which no scrape interval can make too short."""
     code = PROMQL_STRING.sub('""', query.expr)
-    for selector in RANGE_SELECTOR.findall(code):
+    for selector, at_end in RANGE_SELECTOR.findall(code):
+        if selector == "$__range" and at_end:
+            continue
         assert selector == "$__rate_interval", f"[{selector}] in {query.expr!r}"
 
 
 # -------------------------------------------------------------------------- project rules
+
+EXCESS_LOSS_PANEL = "Excess loss J(w) - J* by run"
+PARAMETER_PANEL = "Parameter w by run"
 
 
 @dashboard_files
@@ -295,12 +328,76 @@ def test_run_detail_dashboard_shows_one_run_at_a_time() -> None:
             assert 'run="$run"' in q.expr, q.id
 
 
+def _plots(panel: dict[str, Any], metric: str) -> bool:
+    return any(re.search(rf"\b{metric}\b", t["expr"]) for t in panel.get("targets", []))
+
+
 @dashboard_files
-def test_loss_panels_use_a_log_scale(name: str) -> None:
+def test_loss_and_norm_panels_use_a_log_scale(name: str) -> None:
     for p in _panels(ALL_DASHBOARDS[name]):
-        if p["type"] == "timeseries" and any("trainsim_loss" in t["expr"] for t in p["targets"]):
+        if p["type"] == "timeseries" and any(_plots(p, m) for m in DECADE_METRICS):
             scale = p["fieldConfig"]["defaults"]["custom"]["scaleDistribution"]
-            assert scale["type"] == "log", p["title"]
+            assert scale == {"type": "log", "log": 10}, p["title"]
+
+
+# uPlot, which draws Grafana's time series, cannot lay out the ticks of a log axis reaching
+# 1e-23 or below (its tick loop runs until the array overflows); converging runs go lower, so
+# every log axis needs a hard minimum (Grafana rounds it down to a power of 10) of 1e-22 or more.
+UPLOT_LOWEST_LOG_AXIS = 1e-22
+
+
+@dashboard_files
+def test_log_axes_stop_above_what_uplot_can_lay_out(name: str) -> None:
+    for p in _panels(ALL_DASHBOARDS[name]):
+        defaults = p.get("fieldConfig", {}).get("defaults", {})
+        if defaults.get("custom", {}).get("scaleDistribution", {}).get("type") == "log":
+            assert defaults.get("min", 0) >= UPLOT_LOWEST_LOG_AXIS, p["title"]
+
+
+@dashboard_files
+def test_quantities_spanning_decades_read_in_scientific_notation(name: str) -> None:
+    """Loss, excess loss, gradient and update norms: unit `sci` with a number of decimals, on
+    the panel or on the table column that shows them."""
+    for p in _panels(ALL_DASHBOARDS[name]):
+        if p["type"] in {"timeseries", "stat"} and any(_plots(p, m) for m in DECADE_METRICS):
+            defaults = p["fieldConfig"]["defaults"]
+            assert defaults["unit"] == "sci" and defaults.get("decimals"), p["title"]
+    for p in _panels(ALL_DASHBOARDS[name]):
+        if p["type"] != "table":
+            continue
+        columns = {o["matcher"]["options"]: {q["id"]: q["value"] for q in o["properties"]}
+                   for o in p["fieldConfig"]["overrides"] if o["matcher"]["id"] == "byName"}
+        for column in ("Loss", "Excess loss", "Gradient norm"):
+            if column in columns:
+                assert columns[column]["unit"] == "sci", (p["title"], column)
+                assert columns[column].get("decimals"), (p["title"], column)
+
+
+@dashboard_files
+def test_time_series_axes_name_their_quantity(name: str) -> None:
+    for p in _panels(ALL_DASHBOARDS[name]):
+        if p["type"] == "timeseries":
+            assert p["fieldConfig"]["defaults"]["custom"].get("axisLabel"), p["title"]
+
+
+@dashboard_files
+def test_parameter_panels_use_a_linear_axis(name: str) -> None:
+    """A symmetric log axis around 0 squeezes w's jumps across a minimum away from 0."""
+    for p in _panels(ALL_DASHBOARDS[name]):
+        if _plots(p, "trainsim_parameter"):
+            scale = p["fieldConfig"]["defaults"]["custom"]["scaleDistribution"]
+            assert scale["type"] == "linear", p["title"]
+
+
+@dashboard_files
+def test_default_range_holds_a_whole_loop_of_the_default_config(name: str) -> None:
+    """A range of at least two loops always contains one from restart to restart."""
+    loops = {(r.steps + 1) * r.step_interval for r in load_default().runs if r.loop}
+    d = ALL_DASHBOARDS[name]
+    assert d["time"]["to"] == "now"
+    m = re.fullmatch(r"now-(\w+)", d["time"]["from"])
+    assert m, d["time"]
+    assert parse_prometheus(m[1]) / 1000 >= 2 * max(loops), (d["time"], loops)
 
 
 @dashboard_files
@@ -319,12 +416,27 @@ def test_dashboard_has_alert_and_fault_annotations(name: str) -> None:
     assert any("trainsim_fault_active" in e and "== 1" in e for e in exprs)
 
 
+def test_lr_comparison_has_one_excess_loss_and_one_parameter_panel() -> None:
+    """Each with one main target and at most a DIVERGING overlay, so that a reader of the JSON
+    (tests/test_demo.py) finds them by their metric."""
+    panels = list(_panels(ALL_DASHBOARDS["trainsim-lr-comparison.json"]))
+    for metric, title in (("trainsim_excess_loss", EXCESS_LOSS_PANEL),
+                          ("trainsim_parameter", PARAMETER_PANEL)):
+        (panel,) = (p for p in panels if _plots(p, metric))
+        assert panel["title"] == title
+        main = [t for t in panel["targets"] if "DIVERGING" not in t["legendFormat"]]
+        assert len(main) == 1 and _plots({"targets": main}, metric), title
+    (excess,) = (p for p in panels if _plots(p, "trainsim_excess_loss"))
+    assert excess["fieldConfig"]["defaults"]["custom"]["scaleDistribution"]["type"] == "log"
+
+
 def test_lr_comparison_marks_diverging_runs_by_detector_not_by_name() -> None:
     d = ALL_DASHBOARDS["trainsim-lr-comparison.json"]
     titles = {p["title"]: p for p in _panels(d)}
-    for title in ("Loss by run", "Gradient norm by run"):
+    for title in (EXCESS_LOSS_PANEL, "Loss J(w) by run", "Gradient norm by run",
+                  PARAMETER_PANEL):
         exprs = [t["expr"] for t in titles[title]["targets"]]
-        assert any('alert="divergence"} == 1' in e for e in exprs), title
+        assert any('alert="divergence"}' in e for e in exprs), title
     for s in _strings(d):
         for run in DEFAULT_RUNS:
             assert run not in s, f"run name {run!r} hard-coded in {s!r}"
@@ -332,7 +444,9 @@ def test_lr_comparison_marks_diverging_runs_by_detector_not_by_name() -> None:
 
 # -------------------------------------------------------------- live: a real Prometheus
 
-SPEED = 30.0  # simulated seconds per wall second: a default run loops every ~10 s
+# Simulated seconds per wall second: the default config's one-hour loop takes 7.5 s, so the
+# first restart comes 7.5 s after the daemon starts; a scrape sees 16 steps of 30 s.
+SPEED = 480.0
 SCRAPE_SECONDS = 1
 RATE_INTERVAL = "4s"  # Grafana's $__rate_interval for a 1 s scrape: 4 scrape intervals
 READY_TIMEOUT_SECONDS = 90.0
@@ -514,11 +628,31 @@ def test_run_variable_lists_the_default_runs(live: Stack, name: str) -> None:
     assert set(DEFAULT_RUNS) <= set(values)
 
 
+def _lr_comparison_runs(live: Stack, title: str) -> dict[str, set[str]]:
+    """The runs each target of an lr-comparison panel draws, by refId."""
+    panel = next(p for p in _panels(ALL_DASHBOARDS["trainsim-lr-comparison.json"])
+                 if p["title"] == title)
+    values = _variable_values("trainsim-lr-comparison", "")
+    return {t["refId"]: {s["metric"]["run"] for s in
+                         _run(live, _substitute(t["expr"], values, live), instant=False)}
+            for t in panel["targets"]}
+
+
 @pytest.mark.realstack
 def test_lr_comparison_marks_only_the_diverging_run(live: Stack) -> None:
+    drawn = _lr_comparison_runs(live, EXCESS_LOSS_PANEL)
+    assert drawn == {"A": set(DEFAULT_RUNS), "B": {DIVERGING_RUN}}
+
+
+@pytest.mark.realstack
+def test_lr_comparison_draws_the_diverged_run_against_the_parameter_panels_right_axis(
+        live: Stack) -> None:
+    """Its w (23.7 on the default config) stays off the axis the oscillating run's jumps
+    between 0.6 and 5.5 are read on."""
+    drawn = _lr_comparison_runs(live, PARAMETER_PANEL)
+    assert drawn == {"A": set(DEFAULT_RUNS) - {DIVERGING_RUN}, "B": {DIVERGING_RUN}}
     panel = next(p for p in _panels(ALL_DASHBOARDS["trainsim-lr-comparison.json"])
-                 if p["title"] == "Loss by run")
-    overlay = next(t for t in panel["targets"] if t["refId"] == "B")
-    expr = _substitute(overlay["expr"], _variable_values("trainsim-lr-comparison", ""), live)
-    marked = {s["metric"]["run"] for s in _run(live, expr, instant=False)}
-    assert marked == {DIVERGING_RUN}
+                 if p["title"] == PARAMETER_PANEL)
+    (right,) = (o for o in panel["fieldConfig"]["overrides"]
+                if o["matcher"] == {"id": "byFrameRefID", "options": "B"})
+    assert {"id": "custom.axisPlacement", "value": "right"} in right["properties"]

@@ -17,11 +17,12 @@ from simulator.config import load_config, load_default
 from simulator.engine import ALERTS, STATES, Engine, Snapshot
 from simulator.exposition import FAMILIES, Renderer, format_floats
 
-GOLDEN = Path(__file__).parent / "golden" / "default-after-15s.prom"
+GOLDEN = Path(__file__).parent / "golden" / "default-after-450s.prom"
 WALL_EPOCH = 1_700_000_000.0
 
 
-def default_snapshot(seconds: float = 15.0) -> Snapshot:
+def default_snapshot(seconds: float = 450.0) -> Snapshot:
+    """The default config after ``seconds`` (450 s: 15 steps of 30 s; lr-1.1 has diverged)."""
     engine = Engine(load_default().runs)
     engine.advance(seconds)
     return engine.snapshot(1, WALL_EPOCH, 1.0)
@@ -33,7 +34,7 @@ def registry_for(snap: Snapshot) -> CollectorRegistry:
     return reg
 
 
-@pytest.mark.parametrize("seconds", [0.0, 15.0, 95.0, 301.0])
+@pytest.mark.parametrize("seconds", [0.0, 450.0, 2850.0, 3601.0])
 def test_fast_text_render_is_byte_identical_to_prometheus_client(seconds: float) -> None:
     snap = default_snapshot(seconds)
     assert Renderer().render(snap) == generate_latest(registry_for(snap)).decode()
@@ -142,7 +143,7 @@ def test_mixed_fleet_with_validation_losses_renders_byte_identically() -> None:
             'schedule="warmup+cosine"} 1.0') in text
 
 
-def test_golden_exposition_of_the_default_config_after_15_seconds() -> None:
+def test_golden_exposition_of_the_default_config_after_450_seconds() -> None:
     text = Renderer().render(default_snapshot())
     if os.environ.get("UPDATE_GOLDEN") == "1":
         GOLDEN.write_text(text)

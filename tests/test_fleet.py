@@ -232,7 +232,7 @@ runs:
     d.tick()
     after = d.registry.get_sample_value("trainsim_exposed_series")
     assert before is not None and after is not None
-    assert before - after == 17 + 2  # a's 17 per-run series and its 2 fault series
+    assert before - after == 18 + 2  # a's 18 per-run series and its 2 fault series
 
 
 def test_series_limit_warns_once_per_crossing() -> None:
@@ -240,16 +240,16 @@ def test_series_limit_warns_once_per_crossing() -> None:
     now = [0.0]
     with capture_logs() as logs:
         d = Daemon(load_config(base.format(limit=500, count=10), "c"), clock=lambda: now[0])
-        for count in (40, 50, 10, 60):  # 17 series per run, plus the daemon's own
+        for count in (40, 50, 10, 60):  # 18 series per run, plus the daemon's own
             now[0] += 1
             d.apply(load_config(base.format(limit=500, count=count), "c"))
             d.tick()
             d.tick()
     guard = [(e["event"], e["series"]) for e in logs
              if e["event"] in ("series_limit_exceeded", "series_limit_ok")]
-    own = d.registry.get_sample_value("trainsim_exposed_series") - 60 * 17  # type: ignore[operator]
-    assert guard == [("series_limit_exceeded", 40 * 17 + own), ("series_limit_ok", 10 * 17 + own),
-                     ("series_limit_exceeded", 60 * 17 + own)]
+    own = d.registry.get_sample_value("trainsim_exposed_series") - 60 * 18  # type: ignore[operator]
+    assert guard == [("series_limit_exceeded", 40 * 18 + own), ("series_limit_ok", 10 * 18 + own),
+                     ("series_limit_exceeded", 60 * 18 + own)]
     warning = next(e for e in logs if e["event"] == "series_limit_exceeded")
     assert warning["log_level"] == "warning" and warning["series_limit"] == 500
 

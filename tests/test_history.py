@@ -45,9 +45,10 @@ def exported(d: Daemon) -> dict[tuple[str, str], float]:
 
 def test_every_step_of_the_seed_runs_is_kept_with_its_exported_values() -> None:
     d, now = daemon()
+    step_s = d.config.runs[0].step_interval
     seen = []
-    while now[0] < 30:
-        now[0] += 0.5
+    while now[0] < 30 * step_s:
+        now[0] += step_s / 2
         d.tick()
         seen.append(exported(d))
     h = d.history_view("lr-0.2", 0)["columns"]

@@ -178,6 +178,44 @@ def test_gradient_matches_finite_differences(landscape: str) -> None:
         assert grad[0, i] == pytest.approx((up[0] - down[0]) / 2e-6, rel=1e-6, abs=1e-8)
 
 
+@pytest.mark.parametrize(("landscape", "optimum"), [
+    ("{kind: quadratic, a: 1, c: 2, b: 1}", 1.0),
+    ("{kind: quadratic, condition_number: 30, dims: 4, rotate: true, b: -3}", -3.0),
+    ("{kind: noisy_quadratic, dims: 8}", 0.0),
+    ("{kind: plateau, scale: 3, width: 2, c: [1, -1, 0], b: 0.5}", 0.5),
+    ("{kind: rosenbrock, dims: 4}", 0.0),
+])
+def test_excess_loss_is_the_loss_above_the_minimum_and_keeps_its_precision_near_it(
+        landscape: str, optimum: float) -> None:
+    spec = runs(f"  - name: r\n    landscape: {landscape}\n    optimizer: {{learning_rate: 0.1}}\n")
+    assert spec[0].landscape.optimum == optimum
+    g = Engine(spec).groups[0]
+    gen = np.random.Generator(np.random.PCG64(11))
+    for scale in (1.0, 1e-3):  # away from the minimum: the same as J - min J
+        z = gen.normal(size=(3, g.dims)) * scale
+        loss = g.landscape.surface(z, 0)[0]
+        assert g.landscape.excess(z, np.zeros(3, np.intp)) == pytest.approx(loss - optimum,
+                                                                            rel=1e-9, abs=1e-15)
+    if spec[0].landscape.kind != "rosenbrock":  # its minimum is not at z = 0
+        tiny = np.full((1, g.dims), 1e-12)  # J - min J would cancel to 0 (or noise) here
+        excess = g.landscape.excess(tiny, np.zeros(1, np.intp))[0]
+        assert 0 < excess < 1e-20
+
+
+def test_excess_loss_is_exported_only_where_the_minimum_is_known() -> None:
+    e = Engine(runs("""  - name: bowl
+    landscape: {kind: quadratic, b: 4}
+    init: 3
+    optimizer: {learning_rate: 0.1}
+  - name: classifier
+    landscape: {kind: logistic_regression}
+    optimizer: {learning_rate: 0.1}
+"""))
+    snap = e.snapshot(1)
+    assert [snap.names[r] for r in snap.excess_rows.tolist()] == ["bowl"]
+    assert snap.excess_loss.tolist() == [snap.loss[snap.excess_rows[0]] - 4.0]
+
+
 @pytest.mark.parametrize(("landscape", "minimum"), [
     ("{kind: rosenbrock, dims: 5}", "[1, 1, 1, 1, 1]"),
     ("{kind: rosenbrock, a: 1.5}", "[1.5, 2.25]"),  # 2-D: (a, a^2)

@@ -20,7 +20,7 @@ scrape_configs:
 
 def test_prometheus_scrapes_all_four_default_runs(daemon_factory: Any, tmp_path: Path) -> None:
     need_binary("prometheus")
-    d = daemon_factory(speed=10)
+    d = daemon_factory(speed=60)  # a step every 0.5 s: lr-1.1 diverges 5 s in
     with start_prometheus(tmp_path / "prom", scrape_config(d.address)) as prom:
         up = wait_for(lambda: prom.query('up{job="trainsim"} == 1'), what="target up")
         assert up[0]["metric"]["instance"] == d.address

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
+from simulator.config import load_default
 from simulator.drills.profile import (
     fast_alertmanager_config,
     fast_profile,
@@ -191,7 +192,11 @@ def test_promtool_unit_tests_pass(promtool: str, path: Path) -> None:
 # --- the seed's four learning rates rendered as series --------------------------------------------
 
 W0, C, B = 5.5, 2.0, 1.0
-STEPS = 300  # per attempt; `loop: true` restarts the run one step interval later
+# The default config's cadence: STEPS steps per attempt, one every STEP_S seconds, and
+# `loop: true` restarts the run one step interval after its last step.
+_DEFAULT = load_default().runs[0]
+STEPS, STEP_S = _DEFAULT.steps, _DEFAULT.step_interval
+LOOP_S = (STEPS + 1) * STEP_S
 TOLERANCE = 1e-3  # gradient norm below which a run counts as converged
 RISING_STEPS = 10  # consecutive loss increases that make the detector call divergence
 STATES = ("running", "converged", "stalled", "diverged", "finished")
@@ -260,8 +265,8 @@ def _run_series(
 
     for i in range(count):
         sim_s = i * profile.interval_s * profile.factor
-        restarts, offset = divmod(sim_s, STEPS + 1)
-        k = min(int(offset), len(attempt) - 1)
+        restarts, offset = divmod(sim_s, LOOP_S)
+        k = min(int(offset // STEP_S), len(attempt) - 1)
         step = attempt[k]
         put(f"trainsim_loss{{{labels}}}", step.loss)
         put(f"trainsim_gradient_norm{{{labels}}}", step.gradient_norm)
@@ -271,7 +276,7 @@ def _run_series(
         put(f"trainsim_steps_total{{{labels}}}", k)
         put(
             f"trainsim_last_step_timestamp_seconds{{{labels}}}",
-            (restarts * (STEPS + 1) + k) / profile.factor,
+            (restarts * LOOP_S + k * STEP_S) / profile.factor,
         )
         put(f"trainsim_run_restarts_total{{{labels}}}", restarts)
         put(f'trainsim_run_info{{{labels}, landscape="quadratic", optimizer="sgd"}}', 1)
@@ -367,8 +372,9 @@ def _write_promtool_test(
 
 
 def _horizon(profile: Profile) -> int:
-    """Samples in one simulated hour: long enough for every baseline window to fill."""
-    return 3600 // (profile.factor * profile.interval_s) + 1
+    """Samples in three loops of the default config (three simulated hours): every baseline
+    window fills, and two restarts are judged."""
+    return int(3 * LOOP_S) // (profile.factor * profile.interval_s) + 1
 
 
 @pytest.fixture(params=[SHIPPED, FAST], ids=lambda p: p.name)
@@ -409,7 +415,8 @@ def test_seed_learning_rate_1_1_fires_the_divergence_alerts(
     series = _daemon_series(count) | _run_series(run, 1.1, profile, count)
     labels = f'job="{JOB}", instance="{INSTANCE}", run="{run}"'
     active = series[f'trainsim_alert_active{{{labels}, alert="divergence"}}']
-    assert 1.0 in active[: 30 // (profile.interval_s * profile.factor) + 2], (
+    flagged_by_s = (RISING_STEPS + 1) * STEP_S  # ten rising steps, and the step they end on
+    assert 1.0 in active[: int(flagged_by_s) // (profile.interval_s * profile.factor) + 2], (
         "the detector should flag lr=1.1 within ~10 steps"
     )
     diverging = _firing_times(
@@ -429,7 +436,7 @@ def test_seed_learning_rate_1_1_fires_the_divergence_alerts(
 
     # The loss climbs 1.44x a step for ten steps, then holds: over the first attempt the
     # fitted trend of ln(loss) stays positive for longer than the rule's `for`.
-    check_s = 480 // profile.factor  # 8 simulated minutes
+    check_s = 480 // profile.factor  # 8 simulated minutes, 16 steps
     window_s = parse_duration(scale_expr("[10m]", profile.factor)[1:-1]) / 1000
     ln_loss = [math.log(v) for v in series[f"trainsim_loss{{{labels}}}"]]
     times = [i * profile.interval_s for i in range(count)]

@@ -4,7 +4,8 @@ The loop ticks the daemon whenever a step falls due (waking at least every
 ``MAX_TICK_SECONDS``), and between ticks handles what the signal handlers asked for: SIGHUP
 re-reads the config (a bad one is rejected, the old one keeps running) and the control token
 file, on a thread of its own; SIGTERM and SIGINT stop the server, which lets requests being
-answered finish.
+answered finish. malloc is tuned at start and trimmed after every reload, so that resident
+memory stays flat (simulator.daemon.heap).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 from simulator import __version__
 from simulator.config import Config, ConfigError, load_default, load_file
 from simulator.config.shards import Shard, shard_config
+from simulator.daemon import heap
 from simulator.daemon.core import Daemon
 from simulator.schema.errors import UsageError
 from simulator.signals import handled
@@ -52,6 +54,7 @@ def run(options: Options, log: Any) -> None:
     SIGHUP reloads once it serves. ConfigError for a bad config, CannotListenError if the
     address cannot be bound, both before anything is logged or any run starts.
     """
+    heap.tune()
     stop, reload_requested, wake = threading.Event(), threading.Event(), threading.Event()
     with handled({signal.SIGTERM: (stop, wake), signal.SIGINT: (stop, wake),
                   signal.SIGHUP: (reload_requested, wake)}):
@@ -85,6 +88,7 @@ def run(options: Options, log: Any) -> None:
                 if reloading is not None and reloading.done.is_set():
                     reloading.apply(daemon, control, log)
                     reloading = None
+                    heap.trim()
                 daemon.tick()
                 wake.wait(daemon.seconds_until_next_step())
                 wake.clear()

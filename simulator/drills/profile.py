@@ -1,10 +1,10 @@
 """Fast profile of the shipped Prometheus rules, for tests and drills.
 
-The shipped rules (``configs/prometheus/rules/*.yml``) are written for a daemon stepping once a
-second and a Prometheus scraping every 15 s. End-to-end tests and drills run the daemon with
-``--speed X`` and scrape every second, so they need the *same* rules with every time constant
-shortened. :func:`fast_profile` derives that copy from the shipped YAML text, so there is never
-a second hand-written set of rules to drift from the first.
+The shipped rules (``configs/prometheus/rules/*.yml``) are written for runs stepping every
+second to every 30 s and a Prometheus scraping every 15 s. End-to-end tests and drills run the
+daemon with ``--speed X`` and scrape every second, so they need the *same* rules with every
+time constant shortened. :func:`fast_profile` derives that copy from the shipped YAML text, so
+there is never a second hand-written set of rules to drift from the first.
 
 What is scaled, with ``factor`` F and scrape interval S (all results rounded to the
 millisecond, and never made longer than the original):

@@ -152,6 +152,8 @@ class Engine:
         self._validation_rows: Ints = np.concatenate(
             [np.arange(g.start, g.stop) for g in self.groups if g.landscape.has_validation]
             or [np.zeros(0, np.int64)]).astype(np.int64)
+        self._excess_rows: Ints = np.flatnonzero(
+            [s.landscape.optimum is not None for s in ss]).astype(np.int64)
         self.timeline = FaultTimeline(self.row_of, next_fault_id)
         for s in ss:
             for f in s.faults:
@@ -578,7 +580,19 @@ class Engine:
             fault_active=frozen(active), faults_injected=frozen(injected),
             validation_rows=frozen(self._validation_rows),
             validation_loss=frozen(self._validation_loss()),
+            excess_rows=frozen(self._excess_rows),
+            excess_loss=frozen(self._excess_loss(nan)),
         )
+
+    def _excess_loss(self, nan: Bools) -> Floats:
+        """The loss above the minimum of the runs whose landscape knows it (NaN while the NaN
+        fault lasts, as the loss)."""
+        rows = self._excess_rows
+        if not len(rows):
+            return np.zeros(0)
+        with np.errstate(all="ignore"):  # a diverged run's loss overflows to inf
+            excess = np.concatenate([g.landscape.excess(g.z, slice(None)) for g in self.groups])
+        return np.where(nan[rows], np.nan, excess[rows])
 
     def _validation_loss(self) -> Floats:
         with np.errstate(all="ignore"):  # a diverged run's held-out loss overflows to inf

@@ -70,9 +70,20 @@ class Snapshot:
     # Held-out loss of the runs that have one (logistic_regression), and their rows
     validation_rows: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
     validation_loss: Floats = field(default_factory=lambda: np.zeros(0))
+    # Loss above the landscape's minimum, for the runs whose landscape knows it, and their rows
+    excess_rows: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
+    excess_loss: Floats = field(default_factory=lambda: np.zeros(0))
 
     def __len__(self) -> int:
         return len(self.names)
+
+    @property
+    def excess_loss_by_run(self) -> Floats:
+        """The excess loss of every run, NaN for the runs whose landscape has no known
+        minimum."""
+        out = np.full(len(self), np.nan)
+        out[self.excess_rows] = self.excess_loss
+        return out
 
     def fault_bits(self) -> NDArray[np.uint16]:
         """For each run, one bit per fault kind active on it (bit i: ``FAULT_KINDS[i]``)."""

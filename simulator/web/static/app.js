@@ -191,19 +191,19 @@ function currentAttempt(run) {
   const out = [];
   for (let i = 0; i < c.seq.length; i++) {
     if (c.attempt[i] !== attempt || !c.present[i]) continue;
-    out.push({step: c.step[i], loss: c.loss[i], grad: c.gradient_norm[i],
-      lr: c.learning_rate[i], state: c.state[i], faults: c.faults[i], absmax: c.parameter_absmax[i],
-      w: c.parameters ? c.parameters[i] : null});
+    out.push({step: c.step[i], loss: c.loss[i], excess: c.excess_loss[i],
+      grad: c.gradient_norm[i], lr: c.learning_rate[i], state: c.state[i], faults: c.faults[i],
+      absmax: c.parameter_absmax[i], w: c.parameters ? c.parameters[i] : null});
   }
   return out;
 }
 
-// What the loss chart plots for an entry: the gap to the optimum where the landscape knows
-// it (a converging run falls in a straight line on the log scale), else the loss.
+// What the loss chart plots for an entry: the excess loss J - J* where the landscape knows its
+// minimum (exact down to the last step: a converging run falls in a straight line on the log
+// scale), else the loss.
 function lossValue(run, e) {
   const h = page.histories.get(run);
-  const optimum = h ? h.meta.optimum : null;
-  const y = e.loss === null ? null : optimum === null ? e.loss : e.loss - optimum;
+  const y = h && h.meta.optimum !== null ? e.excess : e.loss;
   return y === null || !(y > 0) ? null : y;
 }
 
