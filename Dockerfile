@@ -21,8 +21,11 @@ COPY configs/ configs/
 RUN pip install . \
     && cd / && rm -rf /tmp/trainsim
 
+# /backfill: where `trainsim backfill` writes in the compose stack. A named volume mounted
+# there starts as a copy of this directory, owner included, so the user below can write it.
 RUN groupadd --system --gid 10001 trainsim \
-    && useradd --system --uid 10001 --gid trainsim --no-create-home --shell /usr/sbin/nologin trainsim
+    && useradd --system --uid 10001 --gid trainsim --no-create-home --shell /usr/sbin/nologin trainsim \
+    && install -d -o trainsim -g trainsim -m 0755 /backfill
 USER trainsim:trainsim
 WORKDIR /
 

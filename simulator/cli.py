@@ -3,15 +3,17 @@
 ``run`` (the daemon, ``simulator.daemon.serve``), ``validate`` (config and drill files), the
 control API client commands ``runs``, ``fault inject|clear`` and ``pause|resume|restart``
 (``simulator.web.client``), ``drill`` (``simulator.drills.runner``), ``webhook`` (an
-Alertmanager webhook receiver, ``simulator.web.webhook``) and ``init`` (the shipped stack into
-a directory, ``simulator.scaffold``).
+Alertmanager webhook receiver, ``simulator.web.webhook``), ``init`` (the shipped stack into
+a directory, ``simulator.scaffold``) and ``backfill`` (a past window's series for promtool,
+``simulator.backfill``).
 
 A user's mistake (bad config, bad flag, bad URL) gets one clear line per problem, each
 starting ``trainsim: `` (a config file's lines start with the file's name), and exit status 2,
 never a traceback. A client command exits 1, with one line, when the daemon refuses it, cannot
 be reached or answers something that is not the control API; ``drill`` exits 3 when the drill
-could not run. Output cut short by its reader (``trainsim runs | head``) ends the command
-quietly with status 141, as a tool killed by SIGPIPE would.
+could not run; ``backfill`` exits 1 when promtool is missing or fails. Output cut short by its
+reader (``trainsim runs | head``) ends the command quietly with status 141, as a tool killed
+by SIGPIPE would.
 """
 
 from __future__ import annotations
@@ -20,13 +22,14 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
 import structlog
 
-from simulator import __version__, logs, scaffold
+from simulator import __version__, backfill, logs, scaffold
 from simulator.config import ConfigError, build_config
 from simulator.config.shards import Shard, parse_shard, shard_config
 from simulator.daemon import serve
@@ -271,6 +274,66 @@ def _add_init(sub: Any) -> None:
                       help="overwrite files that exist (only the files init writes)")
 
 
+def _backfill_duration(value: str) -> int:
+    try:
+        return backfill.parse_duration(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _backfill_end(value: str) -> int | None:
+    try:
+        return backfill.parse_end(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _target_label(value: str) -> tuple[str, str]:
+    try:
+        return backfill.parse_label(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_backfill(sub: Any) -> None:
+    fill = sub.add_parser(
+        "backfill", help="write the series a daemon would have exported over a past window, "
+                         "as OpenMetrics for promtool",
+        description="Replay the config on a daemon started --duration before --end, sample it "
+                    "every --interval as Prometheus scrapes it (with job, instance, up and the "
+                    "shipped scrape config's relabelling), and write the series as OpenMetrics "
+                    "for `promtool tsdb create-blocks-from openmetrics`; with --tsdb, run "
+                    "promtool too. Exit 0 when done, 1 if promtool is missing or fails, 2 for a "
+                    "bad option or config (docs/backfill.md).")
+    fill.add_argument("--config.file", dest="config_file", type=_path, metavar="FILE",
+                      help="YAML config (default: the embedded configs/default.yaml)")
+    fill.add_argument("--shard", type=_shard, metavar="INDEX/COUNT",
+                      help="backfill only this shard's runs, as `trainsim run --shard` runs them")
+    fill.add_argument("--duration", type=_backfill_duration, required=True, metavar="DURATION",
+                      help="how far the window reaches back from --end, e.g. 6h (a whole "
+                           "multiple of --interval)")
+    fill.add_argument("--end", type=_backfill_end, default=None, metavar="now|RFC3339",
+                      help="the window's last instant: now, rounded down to a whole multiple of "
+                           "--interval (the default), or a time like 2026-12-02T06:00:00Z")
+    fill.add_argument("--interval", type=_backfill_duration, metavar="DURATION",
+                      help="time between samples (default: the scrape_interval of the shipped "
+                           "configs/prometheus/prometheus.yml)")
+    fill.add_argument("--output", type=_path, metavar="FILE",
+                      help="the OpenMetrics file to write (required unless --tsdb is given; "
+                           "then a temporary file by default)")
+    fill.add_argument("--tsdb", type=_path, metavar="DIR",
+                      help="also create TSDB blocks from the file in DIR (a Prometheus "
+                           "--storage.tsdb.path) with promtool, which must be on PATH")
+    fill.add_argument("--job", metavar="NAME",
+                      help=f"the job label on every series (default {backfill.DEFAULT_JOB})")
+    fill.add_argument("--instance", metavar="HOST:PORT",
+                      help="the instance label on every series (default: the shipped scrape "
+                           "config's target)")
+    fill.add_argument("--label", dest="labels", action="append", type=_target_label,
+                      default=[], metavar="NAME=VALUE",
+                      help="another target label on every series (repeatable)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
     parser = _Parser(
@@ -294,6 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_drill(sub)
     _add_webhook(sub)
     _add_init(sub)
+    _add_backfill(sub)
     return parser
 
 
@@ -412,8 +476,23 @@ def _init(args: argparse.Namespace) -> int:
     return 0
 
 
+def _backfill(args: argparse.Namespace) -> int:
+    options = backfill.Options(
+        config_file=args.config_file, duration_ms=args.duration, output=args.output,
+        tsdb=args.tsdb, end_ms=args.end, interval_ms=args.interval, shard=args.shard,
+        job=args.job, instance=args.instance, labels=tuple(args.labels))
+    try:
+        result = backfill.run(options, time.time())
+    except backfill.PromtoolError as exc:
+        print(f"trainsim: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print("\n".join(backfill.summary(result)))
+    return 0
+
+
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "run": _run, "validate": _validate, "drill": _drill, "webhook": _webhook, "init": _init}
+    "run": _run, "validate": _validate, "drill": _drill, "webhook": _webhook, "init": _init,
+    "backfill": _backfill}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -44,7 +44,8 @@ def test_the_command_tree_is_what_the_docs_list() -> None:
     assert [n for n, _ in PARSERS] == [
         "trainsim", "trainsim run", "trainsim validate", "trainsim runs", "trainsim fault",
         "trainsim fault inject", "trainsim fault clear", "trainsim pause", "trainsim resume",
-        "trainsim restart", "trainsim drill", "trainsim webhook", "trainsim init"]
+        "trainsim restart", "trainsim drill", "trainsim webhook", "trainsim init",
+        "trainsim backfill"]
 
 
 def _trainsim(*argv: str) -> subprocess.CompletedProcess[str]:

@@ -2,7 +2,9 @@
 
 The files are parsed and cross-checked against each other and against the repo: mounts exist,
 Prometheus scrapes the service compose runs, images are pinned, the image runs `trainsim` as a
-non-root user with a health check.
+non-root user with a health check. The backfill's path through the stack (trainsim-backfill's
+command, then the promtool line of Prometheus' start script) runs here for real, with Debian's
+promtool and Prometheus.
 """
 
 from __future__ import annotations
@@ -10,12 +12,17 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import subprocess
 import tomllib
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
 import yaml
+
+from simulator import cli
+from simulator.drills.stack import start_prometheus
+from tests.conftest import need_binary
 
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = REPO / "docker-compose.yml"
@@ -24,7 +31,10 @@ DOCKERIGNORE = REPO / ".dockerignore"
 PROMETHEUS_CONFIG = REPO / "configs" / "prometheus" / "prometheus.yml"
 DATASOURCES = REPO / "dashboards" / "provisioning" / "datasources" / "prometheus.yml"
 DASHBOARD_PROVIDERS = REPO / "dashboards" / "provisioning" / "dashboards" / "trainsim.yml"
-SERVICES = {"trainsim", "trainsim-webhook", "prometheus", "alertmanager", "grafana"}
+SERVICES = {"trainsim", "trainsim-webhook", "trainsim-backfill", "prometheus", "alertmanager",
+            "grafana"}
+# Services that run once and exit (others depend on their completing successfully).
+ONE_SHOT = {"trainsim-backfill"}
 PINNED_TAG = re.compile(r"v?\d+\.\d+\.\d+([.-][\w.]+)?")
 INTERPOLATION = re.compile(r"\$\{(?P<name>\w+)(?P<op>:?[-?])(?P<arg>[^}]*)\}")
 
@@ -182,7 +192,7 @@ def test_dockerignore_keeps_what_the_build_copies() -> None:
 # ---------------------------------------------------------------------------- compose file
 
 
-def test_compose_file_declares_the_five_services(services: dict[str, Any]) -> None:
+def test_compose_file_declares_the_six_services(services: dict[str, Any]) -> None:
     assert set(services) == SERVICES
 
 
@@ -251,6 +261,10 @@ def test_ports_are_published_on_loopback_only(services: dict[str, Any]) -> None:
 
 def test_every_service_has_a_healthcheck(services: dict[str, Any]) -> None:
     for name, service in services.items():
+        if name in ONE_SHOT:
+            assert service["healthcheck"] == {"disable": True}, name  # it serves nothing
+            assert service["restart"] == "no", name
+            continue
         if "build" in service and "healthcheck" not in service:
             assert _last("HEALTHCHECK"), name
             continue
@@ -262,7 +276,8 @@ def test_depends_on_waits_for_healthy_services(services: dict[str, Any]) -> None
     for name, service in services.items():
         for dep, cond in (service.get("depends_on") or {}).items():
             assert dep in services, f"{name} depends on unknown {dep}"
-            assert cond.get("condition") == "service_healthy", f"{name} -> {dep}"
+            wanted = "service_completed_successfully" if dep in ONE_SHOT else "service_healthy"
+            assert cond.get("condition") == wanted, f"{name} -> {dep}"
 
 
 def test_service_configs_map_to_repo_files(services: dict[str, Any]) -> None:
@@ -394,3 +409,128 @@ def test_datasource_interval_matches_the_scrape_interval(
     job = next(sc for sc in prometheus_config["scrape_configs"] if sc["job_name"] == "trainsim")
     interval = job.get("scrape_interval", prometheus_config["global"]["scrape_interval"])
     assert prom["jsonData"]["timeInterval"] == interval
+
+
+# ------------------------------------------------------------------------------- backfill
+
+BACKFILL_MARKER = "/prometheus/.trainsim-backfilled"
+
+
+def _named_mounts(service: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    """Named volume -> (container path, mode) of a service's short-syntax volume mounts."""
+    out = {}
+    for volume in service.get("volumes", []):
+        if isinstance(volume, str) and not volume.startswith((".", "/", "~")):
+            name, target, *mode = volume.split(":")
+            out[name] = (target, mode[0] if mode else "rw")
+    return out
+
+
+def _start_script(service: dict[str, Any]) -> tuple[str, list[str]]:
+    """Prometheus' start script as sh runs it (compose's ``$$`` unescaped), and its arguments
+    ($0 first)."""
+    assert service["entrypoint"] == ["/bin/sh", "-c"]
+    script, *args = service["command"]
+    return script.replace("$$", "$"), args
+
+
+def test_backfill_runs_the_image_on_the_daemons_config(services: dict[str, Any]) -> None:
+    backfill, daemon = services["trainsim-backfill"], services["trainsim"]
+    assert backfill["build"] == daemon["build"] and "entrypoint" not in backfill
+    argv = _argv(backfill["command"])
+    assert argv[0] == "backfill"
+    assert _flag(argv, "--duration") == "6h"
+    assert _flag(argv, "--end") is None  # now: the window ends where the live daemon begins
+    mine = _host_path(backfill, _flag(argv, "--config.file") or "")
+    theirs = _host_path(daemon, _flag(_argv(daemon["command"]), "--config.file") or "")
+    assert mine is not None and mine == theirs and mine.is_file()
+
+
+def test_the_backfill_file_reaches_prometheus_through_a_named_volume(
+        services: dict[str, Any]) -> None:
+    output = PurePosixPath(_flag(_argv(services["trainsim-backfill"]["command"]), "--output")
+                           or "")
+    writer = _named_mounts(services["trainsim-backfill"])
+    reader = _named_mounts(services["prometheus"])
+    shared = [v for v, (target, _) in writer.items() if PurePosixPath(target) in output.parents]
+    assert len(shared) == 1, writer
+    volume = shared[0]
+    assert writer[volume][1] == "rw" and reader[volume][1] == "ro"
+    script, _ = _start_script(services["prometheus"])
+    where = PurePosixPath(reader[volume][0]) / output.relative_to(writer[volume][0])
+    assert f" {where} " in script
+
+
+def test_the_image_owns_the_backfill_volumes_mount_point(services: dict[str, Any]) -> None:
+    """A new named volume starts as a copy of the image's directory at its mount point, owner
+    included: the image's user must own it to write there."""
+    target, _ = _named_mounts(services["trainsim-backfill"])["backfill"]
+    user = _last("USER").split(":")[0]
+    runs = " && ".join(args for k, args in _instructions() if k == "RUN")
+    assert re.search(rf"install -d -o {user} -g {user} -m 0755 {re.escape(target)}(\s|$)", runs)
+
+
+def test_prometheus_waits_for_the_backfill_and_then_execs_itself(
+        services: dict[str, Any]) -> None:
+    prometheus = services["prometheus"]
+    assert prometheus["depends_on"]["trainsim-backfill"] == {
+        "condition": "service_completed_successfully"}
+    script, args = _start_script(prometheus)
+    assert script.rstrip().splitlines()[-1].strip() == 'exec /bin/prometheus "$@"'
+    assert args[0] == "prometheus" and all(a.startswith("--") for a in args[1:])
+    assert f"--storage.tsdb.path={PurePosixPath(BACKFILL_MARKER).parent}" in args
+    assert BACKFILL_MARKER in script
+
+
+def _local_script(script: str, backfill_dir: Path, data_dir: Path) -> str:
+    """The start script with the containers' paths replaced by local ones, and Prometheus by a
+    printf of its arguments."""
+    assert script.count("/bin/prometheus") == 1
+    script = script.replace('exec /bin/prometheus "$@"', "exec printf '%s\\n' \"$@\"")
+    return script.replace("/backfill/", f"{backfill_dir}/").replace("/prometheus", str(data_dir))
+
+
+def test_the_stacks_backfill_command_and_promtool_line_give_prometheus_its_history(
+        services: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    need_binary("promtool")
+    need_binary("prometheus")
+    backfill_dir, workdir = tmp_path / "backfill", tmp_path / "prom"
+    backfill_dir.mkdir()
+    argv = _argv(services["trainsim-backfill"]["command"])
+    config = _host_path(services["trainsim-backfill"], _flag(argv, "--config.file") or "")
+    local = [str(config) if a == _flag(argv, "--config.file") else
+             a.replace("/backfill/", f"{backfill_dir}/") for a in argv]
+    end = "2025-06-01T06:00:00Z"
+    assert cli.main([*local, "--end", end]) == 0
+    capsys.readouterr()
+    script, args = _start_script(services["prometheus"])
+    script = _local_script(script, backfill_dir, workdir / "data")
+    for _ in range(2):  # the second start finds the marker and leaves the blocks alone
+        res = subprocess.run(["sh", "-c", script, *args], capture_output=True, text=True,
+                             timeout=120)
+        assert (res.returncode, res.stderr) == (0, "")
+        assert res.stdout.splitlines() == args[1:]
+        blocks = sorted(p.name for p in (workdir / "data").iterdir() if p.is_dir())
+        assert len(blocks) == 4  # 00:00-02:00, 02:00-04:00, 04:00-06:00, and 06:00
+    assert (workdir / "data" / PurePosixPath(BACKFILL_MARKER).name).is_file()
+    with start_prometheus(workdir, "global: {scrape_interval: 15s}\n") as prom:
+        up = prom.api("query", query="up", time="1748746800")["result"]  # 03:00
+        assert [r["metric"] for r in up] == [
+            {"__name__": "up", "job": "trainsim", "instance": "trainsim:9310"}]
+        runs = prom.api("query", query="count by (run) (trainsim_loss)",
+                        time="1748746800")["result"]
+        assert len(runs) == 4
+
+
+def test_a_failed_backfill_leaves_prometheus_to_start_without_it(
+        services: dict[str, Any], tmp_path: Path) -> None:
+    need_binary("promtool")
+    backfill_dir, data = tmp_path / "backfill", tmp_path / "data"
+    backfill_dir.mkdir()
+    (backfill_dir / "trainsim.om").write_text("# TYPE up gauge\nup 1 1700000000\n")  # no EOF
+    script, args = _start_script(services["prometheus"])
+    res = subprocess.run(["sh", "-c", _local_script(script, backfill_dir, data), *args],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and res.stdout.splitlines() == args[1:]
+    assert "starting without the history" in res.stderr
+    assert not (data / PurePosixPath(BACKFILL_MARKER).name).exists()
