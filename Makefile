@@ -10,7 +10,7 @@ SERVER_BINARIES := prometheus promtool prometheus-alertmanager amtool chromium
 
 run: $(BIN)/python
 	$(BIN)/pip install --quiet --disable-pip-version-check .
-	$(BIN)/trainsim run
+	$(BIN)/trainsim run --start.elapsed 10m
 
 test: test-deps $(BIN)/python
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'

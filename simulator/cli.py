@@ -35,6 +35,7 @@ from simulator.config.shards import Shard, parse_shard, shard_config
 from simulator.daemon import serve
 from simulator.drills import runner
 from simulator.drills.file import build_drill, is_drill
+from simulator.durations import parse_prometheus
 from simulator.faults.catalogue import FAULT_KINDS
 from simulator.schema.errors import UsageError
 from simulator.schema.loader import read_yaml_file
@@ -75,6 +76,20 @@ def _speed(value: str) -> float:
     if not 0 < x <= 1e6:
         raise argparse.ArgumentTypeError(f"must be > 0 and at most 1e6, got {value!r}")
     return x
+
+
+MAX_ELAPSED = "1d"
+
+
+def _elapsed(value: str) -> float:
+    try:
+        ms = parse_prometheus(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a duration like 10m or 6h, got {value!r}"
+                                         ) from None
+    if ms > parse_prometheus(MAX_ELAPSED):
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_ELAPSED}, got {value!r}")
+    return ms / 1000
 
 
 def _shard(value: str) -> Shard:
@@ -150,6 +165,12 @@ def _add_run(sub: Any) -> None:
                           f"(default {DEFAULT_LISTEN_ADDRESS})")
     run.add_argument("--speed", type=_speed, default=1.0, metavar="X",
                      help="simulated time runs X times faster than the wall clock (default 1)")
+    run.add_argument("--start.elapsed", dest="elapsed", type=_elapsed, default=0.0,
+                     metavar="DURATION",
+                     help="start as if the daemon had been running for DURATION already (at "
+                          "most " + MAX_ELAPSED + "): the runs are where they would be by now, "
+                          "and the live page's history holds the steps they took; `trainsim "
+                          "backfill --duration` the same writes those steps' series (default 0s)")
     run.add_argument("--log.format", dest="log_format", choices=("auto", "console", "json"),
                      default="auto", help="console on a TTY and JSON otherwise by default")
     run.add_argument("--log.level", dest="log_level", choices=logs.LEVELS, default="info",
@@ -384,7 +405,7 @@ def _run(args: argparse.Namespace) -> int:
         config_file=args.config_file, shard=args.shard,
         listen_address=_listen(args.listen_address), speed=args.speed,
         control=control_settings(args.control_api, args.token_file, args.listen_address),
-        token_file=args.token_file)
+        token_file=args.token_file, elapsed=args.elapsed)
     try:
         serve.run(options, structlog.get_logger("trainsim"))
     except serve.CannotListenError as exc:

@@ -22,6 +22,7 @@ import yaml
 
 from simulator import cli
 from simulator.drills.stack import start_prometheus
+from simulator.durations import parse_prometheus
 from tests.conftest import need_binary
 
 REPO = Path(__file__).resolve().parent.parent
@@ -439,8 +440,12 @@ def test_backfill_runs_the_image_on_the_daemons_config(services: dict[str, Any])
     assert backfill["build"] == daemon["build"] and "entrypoint" not in backfill
     argv = _argv(backfill["command"])
     assert argv[0] == "backfill"
-    assert _flag(argv, "--duration") == "6h"
-    assert _flag(argv, "--end") is None  # now: the window ends where the live daemon begins
+    # The window ends where the live daemon begins (--end now), and reaches back as far as the
+    # daemon starts into its runs: the live series go on from the backfilled ones.
+    assert _flag(argv, "--end") is None
+    elapsed = _flag(_argv(daemon["command"]), "--start.elapsed")
+    assert elapsed is not None and _flag(argv, "--duration") == elapsed
+    assert parse_prometheus(elapsed) >= 6 * 3600 * 1000  # hours of history
     mine = _host_path(backfill, _flag(argv, "--config.file") or "")
     theirs = _host_path(daemon, _flag(_argv(daemon["command"]), "--config.file") or "")
     assert mine is not None and mine == theirs and mine.is_file()
@@ -502,6 +507,11 @@ def test_the_stacks_backfill_command_and_promtool_line_give_prometheus_its_histo
              a.replace("/backfill/", f"{backfill_dir}/") for a in argv]
     end = "2025-06-01T06:00:00Z"
     assert cli.main([*local, "--end", end]) == 0
+    # promtool cuts blocks at 2-hour boundaries: one per boundary range the window touches,
+    # and the last instant (06:00, on a boundary) alone in a block of its own.
+    two_hours, end_ms = 7_200_000, 1_748_757_600_000
+    start_ms = end_ms - parse_prometheus(_flag(argv, "--duration") or "")
+    expected_blocks = end_ms // two_hours - start_ms // two_hours + 1
     capsys.readouterr()
     script, args = _start_script(services["prometheus"])
     script = _local_script(script, backfill_dir, workdir / "data")
@@ -511,7 +521,7 @@ def test_the_stacks_backfill_command_and_promtool_line_give_prometheus_its_histo
         assert (res.returncode, res.stderr) == (0, "")
         assert res.stdout.splitlines() == args[1:]
         blocks = sorted(p.name for p in (workdir / "data").iterdir() if p.is_dir())
-        assert len(blocks) == 4  # 00:00-02:00, 02:00-04:00, 04:00-06:00, and 06:00
+        assert len(blocks) == expected_blocks
     assert (workdir / "data" / PurePosixPath(BACKFILL_MARKER).name).is_file()
     with start_prometheus(workdir, "global: {scrape_interval: 15s}\n") as prom:
         up = prom.api("query", query="up", time="1748746800")["result"]  # 03:00

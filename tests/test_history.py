@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from simulator.cli import main
 from simulator.config import load_config, load_default
 from simulator.daemon import Daemon
 from simulator.drills.stack import http_get
@@ -231,3 +232,45 @@ def test_the_fault_kinds_are_the_catalogues(seed: Any) -> None:
     spike = next(k for k in kinds if k["kind"] == "lr_spike")
     assert spike["params"] == [{"name": "factor", "default": 10.0,
                                 "help": "multiplies the learning rate"}]
+
+
+def test_a_daemon_started_ten_minutes_in_is_the_one_that_ran_them_bit_for_bit() -> None:
+    # `trainsim run --start.elapsed 10m`: the runs are where ten minutes would have taken them,
+    # the history (what the live page draws) holds the steps they took, and the exported
+    # series are those of a daemon that did run for ten minutes.
+    elapsed = 600.0
+    ran, now = daemon()
+    drive(ran, now, elapsed, dt=0.25)
+    started = [0.0]
+    late = Daemon(load_default(), clock=lambda: started[0], wall=lambda: WALL + elapsed,
+                  log=Quiet(), elapsed=elapsed)
+    assert late.sim_now() == elapsed
+
+    def series(d: Daemon) -> list[str]:  # every line of /metrics but the process' own
+        text = d.exposition(openmetrics=False, gzipped=False).decode()
+        return [line for line in text.splitlines() if "process_" not in line]
+
+    assert series(late) == series(ran)
+    for run in ("lr-0.05", "lr-0.2", "lr-0.7", "lr-1.1"):
+        had, has = ran.history_view(run, 0)["columns"], late.history_view(run, 0)["columns"]
+        for column in ("step", "time", "attempt", "loss", "excess_loss", "state", "alerts"):
+            assert has[column] == had[column], (run, column)
+    steps = late.history_view("lr-0.2", 0)["columns"]["step"]
+    assert steps == list(range(21))  # step 0 and the 20 steps of 30 s in ten minutes
+    # And from there on it keeps stepping as the other does.
+    for t in (15.0, 30.0, 45.0, 300.0):
+        started[0] = t
+        now[0] = elapsed + t
+        late.tick()
+        ran.tick()
+        assert series(late) == series(ran), t
+
+
+def test_start_elapsed_is_a_duration_of_at_most_a_day(capsys: pytest.CaptureFixture[str]) -> None:
+    for bad, why in (("1x", "must be a duration"), ("2d", "must be at most 1d"),
+                     ("-5m", "must be a duration")):
+        with pytest.raises(SystemExit) as info:
+            main(["run", f"--start.elapsed={bad}"])
+        assert info.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert "--start.elapsed" in err and why in err, err

@@ -47,15 +47,20 @@ class Daemon:
     def __init__(self, config: Config, *, speed: float = 1.0,
                  clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time,
-                 log: Any = None) -> None:
+                 log: Any = None, elapsed: float = 0.0) -> None:
         if not speed > 0:
             raise ValueError(f"speed must be > 0, got {speed}")
+        if not 0 <= elapsed < float("inf"):
+            raise ValueError(f"elapsed must be >= 0 and finite, got {elapsed}")
         self.config = config
         self.speed = speed
         self.clock = clock
         self.log = log if log is not None else structlog.get_logger("trainsim")
+        # A daemon that starts ``elapsed`` simulated seconds into its runs: they began that
+        # long ago on the wall clock, as if it had been running since.
+        self._elapsed = elapsed
         self._t0 = clock()
-        self._wall0 = wall()
+        self._wall0 = wall() - elapsed / speed
         self._wall = wall
         self.engine = Engine(config.runs, now=0.0)
         self.registry = CollectorRegistry()
@@ -73,12 +78,27 @@ class Daemon:
         self.history: History | None = None
         self.snapshot: Snapshot = self._publish()
         self._log_runs("run_started", [s.name for s in config.runs])
+        self._catch_up()
+
+    def _catch_up(self) -> None:
+        """Take the steps of the ``elapsed`` seconds before the start, publishing after each,
+        so the history holds them as if they had been taken live (their events are not
+        logged: they are the past)."""
+        if not self._elapsed:
+            return
+        e = self.engine
+        while (due := e.next_due()) <= self._elapsed:
+            e.advance(due)
+            self.snapshot = self._publish()
+        e.advance(self._elapsed)
+        self.snapshot = self._publish()
+        self.log.info("caught_up", elapsed_seconds=self._elapsed, generation=self._generation)
 
     # ------------------------------------------------------------------ time
 
     def sim_now(self) -> float:
-        """Simulated seconds since the daemon started."""
-        return (self.clock() - self._t0) * self.speed
+        """Simulated seconds since the runs started (the daemon's start, less ``elapsed``)."""
+        return (self.clock() - self._t0) * self.speed + self._elapsed
 
     def tick(self) -> Events:
         """Advance every run to now, log what changed, publish a fresh snapshot if anything

@@ -39,6 +39,7 @@ class Options:
     speed: float
     control: ControlSettings
     token_file: str | None
+    elapsed: float = 0.0  # simulated seconds the runs are into at start (--start.elapsed)
 
 
 def load(path: str | None, shard: Shard | None = None) -> Config:
@@ -70,7 +71,7 @@ def run(options: Options, log: Any) -> None:
             bound.server_close()
             log.info("stopped")
             return
-        daemon = Daemon(config, speed=options.speed, log=log)
+        daemon = Daemon(config, speed=options.speed, log=log, elapsed=options.elapsed)
         control = ControlApi(daemon, options.control)
         handle = server.serve(bound, control.routes() + pages.routes(daemon))
         log.info("listening", address=handle.address, url=f"http://{handle.address}/",
