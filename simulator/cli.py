@@ -25,7 +25,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import structlog
 
@@ -44,6 +44,7 @@ from simulator.web.auth import control_settings
 from simulator.web.server import parse_listen_address
 
 DEFAULT_LISTEN_ADDRESS = "127.0.0.1:9310"
+T = TypeVar("T")
 DEFAULT_WEBHOOK_ADDRESS = "127.0.0.1:9095"
 EXIT_USAGE = 2
 EXIT_FAILED = 1
@@ -81,14 +82,24 @@ def _speed(value: str) -> float:
 MAX_ELAPSED = "1d"
 
 
+def _argument(parse: Callable[[str], T]) -> Callable[[str], T]:
+    """An argparse type from a parser whose ValueError says what is wrong with the value."""
+    def convert(value: str) -> T:
+        try:
+            return parse(value)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return convert
+
+
 def _elapsed(value: str) -> float:
+    """Seconds of ``--start.elapsed``: a duration of at most ``MAX_ELAPSED``."""
     try:
         ms = parse_prometheus(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a duration like 10m or 6h, got {value!r}"
-                                         ) from None
+        raise ValueError(f"must be a duration like 10m or 6h, got {value!r}") from None
     if ms > parse_prometheus(MAX_ELAPSED):
-        raise argparse.ArgumentTypeError(f"must be at most {MAX_ELAPSED}, got {value!r}")
+        raise ValueError(f"must be at most {MAX_ELAPSED}, got {value!r}")
     return ms / 1000
 
 
@@ -165,7 +176,7 @@ def _add_run(sub: Any) -> None:
                           f"(default {DEFAULT_LISTEN_ADDRESS})")
     run.add_argument("--speed", type=_speed, default=1.0, metavar="X",
                      help="simulated time runs X times faster than the wall clock (default 1)")
-    run.add_argument("--start.elapsed", dest="elapsed", type=_elapsed, default=0.0,
+    run.add_argument("--start.elapsed", dest="elapsed", type=_argument(_elapsed), default=0.0,
                      metavar="DURATION",
                      help="start as if the daemon had been running for DURATION already (at "
                           "most " + MAX_ELAPSED + "): the runs are where they would be by now, "
@@ -295,27 +306,6 @@ def _add_init(sub: Any) -> None:
                       help="overwrite files that exist (only the files init writes)")
 
 
-def _backfill_duration(value: str) -> int:
-    try:
-        return backfill.parse_duration(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _backfill_end(value: str) -> int | None:
-    try:
-        return backfill.parse_end(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _target_label(value: str) -> tuple[str, str]:
-    try:
-        return backfill.parse_label(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
 def _add_backfill(sub: Any) -> None:
     fill = sub.add_parser(
         "backfill", help="write the series a daemon would have exported over a past window, "
@@ -330,13 +320,15 @@ def _add_backfill(sub: Any) -> None:
                       help="YAML config (default: the embedded configs/default.yaml)")
     fill.add_argument("--shard", type=_shard, metavar="INDEX/COUNT",
                       help="backfill only this shard's runs, as `trainsim run --shard` runs them")
-    fill.add_argument("--duration", type=_backfill_duration, required=True, metavar="DURATION",
+    fill.add_argument("--duration", type=_argument(backfill.parse_duration), required=True,
+                      metavar="DURATION",
                       help="how far the window reaches back from --end, e.g. 6h (a whole "
                            "multiple of --interval)")
-    fill.add_argument("--end", type=_backfill_end, default=None, metavar="now|RFC3339",
+    fill.add_argument("--end", type=_argument(backfill.parse_end), default=None,
+                      metavar="now|RFC3339",
                       help="the window's last instant: now, rounded down to a whole multiple of "
                            "--interval (the default), or a time like 2026-12-02T06:00:00Z")
-    fill.add_argument("--interval", type=_backfill_duration, metavar="DURATION",
+    fill.add_argument("--interval", type=_argument(backfill.parse_duration), metavar="DURATION",
                       help="time between samples (default: the scrape_interval of the shipped "
                            "configs/prometheus/prometheus.yml)")
     fill.add_argument("--output", type=_path, metavar="FILE",
@@ -350,8 +342,8 @@ def _add_backfill(sub: Any) -> None:
     fill.add_argument("--instance", metavar="HOST:PORT",
                       help="the instance label on every series (default: the shipped scrape "
                            "config's target)")
-    fill.add_argument("--label", dest="labels", action="append", type=_target_label,
-                      default=[], metavar="NAME=VALUE",
+    fill.add_argument("--label", dest="labels", action="append",
+                      type=_argument(backfill.parse_label), default=[], metavar="NAME=VALUE",
                       help="another target label on every series (repeatable)")
 
 

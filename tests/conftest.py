@@ -8,9 +8,20 @@ from pathlib import Path
 
 import pytest
 
+from simulator import cli
 from simulator.drills import stack
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def trainsim(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """Run the CLI in-process; (exit status, stdout, stderr). Usage errors exit via argparse."""
+    try:
+        status = cli.main(list(argv))
+    except SystemExit as exc:
+        status = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return status, out, err
 
 
 def need_binary(*names: str) -> str:

@@ -27,7 +27,7 @@ from simulator.daemon.core import Daemon
 from simulator.drills.stack import start_prometheus
 from simulator.exposition import FAMILIES, format_floats, layout, sample_values, series_count
 from simulator.faults.catalogue import FaultSpec
-from tests.conftest import need_binary
+from tests.conftest import need_binary, trainsim
 
 END = "2025-06-01T06:00:00Z"
 END_S = int(datetime(2025, 6, 1, 6, tzinfo=UTC).timestamp())
@@ -64,15 +64,6 @@ LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 
 Key = tuple[str, frozenset[tuple[str, str]]]
 
-
-def trainsim(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    """Run the CLI in-process; (exit status, stdout, stderr)."""
-    try:
-        status = cli.main(list(argv))
-    except SystemExit as exc:
-        status = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return status, out, err
 
 
 def run_backfill(tmp_path: Path, config: Path | None = None, duration: str = "30m",

@@ -18,23 +18,14 @@ from typing import Any
 
 import pytest
 
-from simulator import cli
 from simulator.config.shards import Shard, parse_shard
 from simulator.drills.stack import free_port
 from simulator.web.client import TOKEN_ENV
+from tests.conftest import trainsim
 
 REPO = Path(__file__).resolve().parent.parent
 DRILL = REPO / "configs" / "drills" / "nan-loss.yaml"
 
-
-def trainsim(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    """Run the CLI in-process; (exit status, stdout, stderr)."""
-    try:
-        status = cli.main(list(argv))
-    except SystemExit as exc:
-        status = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return status, out, err
 
 
 def trainsim_process(*argv: str | bytes, **kwargs: Any) -> subprocess.CompletedProcess[str]:

@@ -11,20 +11,10 @@ from typing import Any
 
 import pytest
 
-from simulator import cli
 from simulator.drills.stack import free_port
 from simulator.web.client import TOKEN_ENV
+from tests.conftest import trainsim
 from tests.test_api import CONFIG, RUNS, SPEED, TOKEN, runs
-
-
-def trainsim(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    """Run the CLI in-process; (exit status, stdout, stderr). Usage errors exit via argparse."""
-    try:
-        status = cli.main(list(argv))
-    except SystemExit as exc:
-        status = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return status, out, err
 
 
 @pytest.fixture
