@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from bench_fleet import FLEET
 from bench_scrape_engine import _cpu_model
 
 from simulator import backfill
@@ -51,22 +52,7 @@ fleet:
     optimizer: {{kind: sgd}}
   learning_rate: {{log_uniform: [1e-3, 1.0]}}
 """,
-    "deploy": """
-defaults: {{steps: 100000, loop: true, step_interval: 1s}}
-fleet:
-  count: {count}
-  name_prefix: fleet
-  seed: 7
-  template:
-    init: 5.5
-    optimizer: {{kind: sgd}}
-  learning_rate: {{log_uniform: [1e-3, 1.0]}}
-  landscapes:
-    quadratic: 0.8
-    noisy_quadratic: {{weight: 0.2, landscape: {{dims: 8}}, init: 1}}
-  failures: {{fraction: 0.05, kinds: [lr_spike, hang, nan, slow_steps], between: [5m, 30m],
-             duration: 5m}}
-""",
+    "deploy": FLEET,  # the fleet of deploy/kubernetes/configmap.yaml, as bench_fleet.py
 }
 
 
