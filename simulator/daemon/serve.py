@@ -14,6 +14,7 @@ import dataclasses
 import os
 import signal
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,9 +57,7 @@ def run(options: Options, log: Any) -> None:
     address cannot be bound, both before anything is logged or any run starts.
     """
     heap.tune()
-    stop, reload_requested, wake = threading.Event(), threading.Event(), threading.Event()
-    with handled({signal.SIGTERM: (stop, wake), signal.SIGINT: (stop, wake),
-                  signal.SIGHUP: (reload_requested, wake)}):
+    with handled((signal.SIGTERM, signal.SIGINT, signal.SIGHUP)) as received:
         config = load(options.config_file, options.shard)
         if options.shard is not None and not config.runs:
             log.warning("shard_empty", shard=str(options.shard),
@@ -67,7 +66,7 @@ def run(options: Options, log: Any) -> None:
             bound = server.bind(options.listen_address)
         except OSError as exc:
             raise CannotListenError(exc) from None
-        if stop.is_set():
+        if signal.SIGTERM in received or signal.SIGINT in received:
             bound.server_close()
             log.info("stopped")
             return
@@ -82,17 +81,15 @@ def run(options: Options, log: Any) -> None:
                  control_auth="bearer_token" if options.control.token is not None else "none")
         reloading: _Reload | None = None
         try:
-            while not stop.is_set():
-                if reload_requested.is_set() and reloading is None:
-                    reload_requested.clear()
-                    reloading = _Reload(options, wake)
+            while signal.SIGTERM not in received and signal.SIGINT not in received:
+                if reloading is None and received.take(signal.SIGHUP):
+                    reloading = _Reload(options, received.wake)
                 if reloading is not None and reloading.done.is_set():
                     reloading.apply(daemon, control, log)
                     reloading = None
                     heap.trim()
                 daemon.tick()
-                wake.wait(daemon.seconds_until_next_step())
-                wake.clear()
+                received.sleep(daemon.seconds_until_next_step())
         finally:
             handle.close()
     log.info("stopped")
@@ -113,7 +110,7 @@ class _Reload:
     that cannot be read, no memory, no file descriptor) is a rejected reload: the running
     config stays."""
 
-    def __init__(self, options: Options, wake: threading.Event) -> None:
+    def __init__(self, options: Options, wake: Callable[[], None]) -> None:
         self.options = options
         self.source = options.config_file or "<embedded default.yaml>"
         self.config: Config | None = None
@@ -139,7 +136,7 @@ class _Reload:
             except Exception as exc:
                 self.token_error = f"{TOKEN_FLAG}: cannot reload: {_describe(exc)}"
         self.done.set()
-        self._wake.set()
+        self._wake()
 
     def apply(self, daemon: Daemon, control: ControlApi, log: Any) -> None:
         """Switch to what was read, or reject it; the config first, then the token."""

@@ -132,11 +132,11 @@ def serve(address: str, log: Any) -> None:
     the address cannot be bound."""
     receiver = WebhookReceiver(
         address, on_notification=lambda n: log.info("notification_received", **n.summary()))
-    stop = threading.Event()
-    with handled({signal.SIGTERM: (stop,), signal.SIGINT: (stop,)}):
+    with handled((signal.SIGTERM, signal.SIGINT)) as received:
         log.info("listening", address=receiver.address, version=__version__)
         try:
-            stop.wait()
+            while signal.SIGTERM not in received and signal.SIGINT not in received:
+                received.sleep(None)
         finally:
             receiver.close()
     log.info("stopped")
