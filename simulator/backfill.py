@@ -45,7 +45,7 @@ from simulator.arrays import Bools, Floats, Ints
 from simulator.config import Config
 from simulator.config.shards import Shard
 from simulator.daemon import serve
-from simulator.daemon.core import Daemon
+from simulator.daemon.core import Daemon, DrivenClock, SilentLog
 from simulator.durations import format_prometheus, parse_prometheus
 from simulator.engine import Snapshot
 from simulator.exposition import (
@@ -259,23 +259,6 @@ def shipped_scrape(job: str = DEFAULT_JOB) -> tuple[Scrape, str]:
 
 
 # --------------------------------------------------------------------------- recording
-
-
-class _Silent:
-    """A logger that drops everything: the daemon's run events are no backfill's business."""
-
-    def __getattr__(self, name: str) -> Any:
-        return lambda *args, **kwargs: None
-
-
-class _Clock:
-    """The fake clock the daemon reads: simulated seconds, set by the recorder."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass
@@ -581,9 +564,9 @@ def own_metrics(daemon: Daemon) -> list[Any]:
 
 def record(config: Config, window: Window, spill: IO[bytes]) -> Recorder:
     """Drive a daemon started at the window's start through each of its instants."""
-    clock = _Clock()
+    clock = DrivenClock()
     start = window.start_ms / 1000
-    daemon = Daemon(config, clock=clock, wall=lambda: start, log=_Silent())
+    daemon = Daemon(config, clock=clock, wall=lambda: start, log=SilentLog())
     recorder = Recorder(spill)
     for i in range(window.count):
         clock.now = i * window.interval_ms / 1000

@@ -244,8 +244,22 @@ def _add_drill(sub: Any) -> None:
                     "them up; with them, drill a running stack. Exit 0 if every expectation "
                     "holds, 1 if one fails, 2 for a bad option or drill file, 3 if the drill could "
                     "not run.")
-    drill.add_argument("file", type=_path, metavar="DRILL.yaml",
-                       help="the drill file (configs/drills/)")
+    drill.add_argument("files", type=_path, nargs="+", metavar="DRILL.yaml",
+                       help="the drill file (configs/drills/); --offline and --emit take "
+                            "several")
+    drill.add_argument("--offline", action="store_true",
+                       help="judge with promtool test rules at the real intervals, starting "
+                            "nothing (docs/drills.md)")
+    drill.add_argument("--emit", type=_path, metavar="DIR",
+                       help="write each drill as a promtool test file into DIR instead")
+    drill.add_argument("--scrape-interval", dest="scrape_interval", metavar="DURATION",
+                       type=_argument(backfill.parse_duration),
+                       help="offline: the scrape interval to sample at (default: the drill "
+                            "file's scrape_interval, else the shipped 15s)")
+    drill.add_argument("--evaluation-interval", dest="evaluation_interval", metavar="DURATION",
+                       type=_argument(backfill.parse_duration),
+                       help="offline: the rules' evaluation interval (default: the drill "
+                            "file's evaluation_interval, else the shipped 15s)")
     drill.add_argument("--daemon", metavar="URL", help="a running daemon's control API")
     drill.add_argument("--prometheus", metavar="URL", help="the Prometheus that scrapes it")
     drill.add_argument("--alertmanager", metavar="URL", help="its Alertmanager (optional)")
@@ -463,11 +477,13 @@ def _control(args: argparse.Namespace) -> int:
 
 def _drill(args: argparse.Namespace) -> int:
     return runner.main(runner.Options(
-        file=args.file, daemon=args.daemon, prometheus=args.prometheus,
+        files=tuple(args.files), daemon=args.daemon, prometheus=args.prometheus,
         alertmanager=args.alertmanager, token_file=args.token_file, speed=args.speed,
         rules=args.rules, alertmanager_config=args.alertmanager_config,
         webhook_address=_listen(args.webhook_address, "--webhook.listen-address"),
-        output=args.output, junit=args.junit))
+        output=args.output, junit=args.junit, offline=args.offline, emit=args.emit,
+        scrape_interval_ms=args.scrape_interval,
+        evaluation_interval_ms=args.evaluation_interval))
 
 
 def _webhook(args: argparse.Namespace) -> int:

@@ -17,6 +17,7 @@ import pytest
 from simulator.config import ConfigError
 from simulator.drills.file import load_drill
 from simulator.drills.report import render_json, render_junit, render_table
+from simulator.drills.runner import POLL_SECONDS
 from simulator.drills.scoring import (
     FAIL,
     PASS,
@@ -30,6 +31,10 @@ from tests.conftest import need_binary
 REPO = Path(__file__).resolve().parent.parent
 DRILLS = REPO / "configs" / "drills"
 SHIPPED = sorted(DRILLS.glob("*.yaml"))
+# The self-contained stack scrapes and evaluates every second of wall time; offline evaluates
+# at the shipped 15 s.
+LIVE_SCRAPE = LIVE_EVALUATION = 1.0
+OFFLINE_EVALUATION = 15.0
 
 QUICK_SCENARIO = """
 defaults: {init: 5.5, steps: 600, step_interval: 1s, loop: true}
@@ -95,7 +100,8 @@ expect:
     with pytest.raises(ConfigError) as info:
         load_drill(bad)
     assert str(info.value).splitlines() == [
-        f"{bad}:3: colour: unknown key (expected one of: config, drill, expect, silent, speed)",
+        f"{bad}:3: colour: unknown key (expected one of: config, drill, evaluation_interval, "
+        "expect, scrape_interval, silent, speed)",
         f"{bad}:6: expect[0].fault: must name one of the 1 injected faults (0-based)",
         f"{bad}:7: expect[0].firing_within: must be a duration like 250ms, 1s or 2m, "
         "got 'soon'",
@@ -252,6 +258,23 @@ def test_each_shipped_drill_passes_end_to_end(path: Path, servers: None, tmp_pat
     assert all(e["status"] == "PASS" for e in doc["expectations"])
     assert ElementTree.parse(junit).getroot().get("failures") == "0"
     print(f"{path.stem}: {time.monotonic() - start:.1f}s wall")
+    # The same drill offline, at the shipped intervals: the same verdict, and each firing
+    # latency within the live stack's scrape offset, evaluation interval and polling, plus one
+    # more evaluation interval of scheduling lag on a loaded machine (all scaled back to run
+    # time), plus one offline evaluation interval (docs/drills.md, "Which mode when").
+    res = run_cli("--offline", str(path), "--output", "json")
+    assert res.returncode == 0, res.stderr
+    offline = json.loads(res.stdout)
+    assert offline["passed"] is doc["passed"]
+    slack = ((LIVE_SCRAPE + 2 * LIVE_EVALUATION + POLL_SECONDS) * doc["speed"]
+             + OFFLINE_EVALUATION)
+    for live_exp, offline_exp in zip(doc["expectations"], offline["expectations"], strict=True):
+        assert offline_exp["status"] == live_exp["status"]
+        live_s = live_exp["firing_latency_seconds"]
+        offline_s = offline_exp["firing_latency_seconds"]
+        print(f"  {live_exp['alert']}: live {live_s:.1f}s, offline {offline_s:.1f}s, "
+              f"slack {slack:.1f}s")
+        assert abs(live_s - offline_s) <= slack, (live_exp["alert"], live_s, offline_s)
 
 
 def broken_rules(tmp_path: Path, replace: dict[str, str]) -> Path:

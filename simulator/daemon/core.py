@@ -41,6 +41,24 @@ _EVENT_FOR_STATE = {"running": "run_recovered", "converged": "run_converged",
 _NO_EVENTS = Events()
 
 
+class DrivenClock:
+    """A clock its caller sets: ``now`` seconds. A daemon on it is driven through time instead
+    of following it (backfill, offline drills)."""
+
+    def __init__(self, now: float = 0.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class SilentLog:
+    """A logger that drops everything: a driven daemon's run events are nobody's business."""
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: None
+
+
 class Daemon:
     """The simulation behind the HTTP server; see the module docstring."""
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from simulator.config import load_file
-from simulator.durations import parse_seconds
+from simulator.durations import parse_prometheus, parse_seconds
 from simulator.schema.errors import ConfigError
 from simulator.schema.fields import Reader, boolean, integer, positive
 from simulator.schema.loader import LocList, LocMap, read_yaml_file
@@ -33,6 +33,11 @@ class Injection:
     kind: str
     duration: float  # seconds of run time; inf: until the drill ends
     params: tuple[tuple[str, float], ...] = ()
+
+    @property
+    def api_duration(self) -> str | None:
+        """The duration as the control API is given it (None: the fault kind's default)."""
+        return f"{self.duration:g}s" if math.isfinite(self.duration) else None
 
 
 @dataclass(frozen=True)
@@ -86,6 +91,8 @@ class Drill:
     expectations: tuple[Expectation, ...]
     silent: tuple[Silence, ...]
     source: str
+    scrape_interval_ms: int | None = None  # offline: the scrape interval to sample at
+    evaluation_interval_ms: int | None = None  # offline: the rules' evaluation interval
 
     @property
     def horizon(self) -> float:
@@ -128,6 +135,17 @@ def _budget(value: Any) -> float:
     return seconds
 
 
+def _interval(value: Any) -> int:
+    """Milliseconds of a Prometheus interval (``15s``, ``1m``)."""
+    try:
+        ms = parse_prometheus(str(value))
+    except ValueError:
+        raise ValueError(f"must be a duration like 15s or 1m, got {value!r}") from None
+    if ms <= 0:
+        raise ValueError(f"must be longer than 0s, got {value!r}")
+    return ms
+
+
 def _timeline_from_config(path: Path) -> tuple[Injection, ...]:
     """The scheduled faults of a config, as injections (the daemon gets the config without
     them, so each happens once, through the API, at the same run time)."""
@@ -155,7 +173,8 @@ def build_drill(doc: Any, p: Path) -> Drill:
     top = r.mapping(doc, getattr(doc, "line", 1), "")
     if top is None:
         raise ConfigError(r.issues)
-    r.unknown_keys(top, "", ("drill", "config", "speed", "expect", "silent"))
+    r.unknown_keys(top, "", ("drill", "config", "speed", "expect", "silent", "scrape_interval",
+                             "evaluation_interval"))
     name = r.take(top, "", "drill", str, p.stem)
     speed = r.take(top, "", "speed", positive, 20.0)
     config = r.take(top, "", "config", lambda v: (p.parent / str(v)).resolve(), None,
@@ -170,10 +189,13 @@ def build_drill(doc: Any, p: Path) -> Drill:
             r.error(top.lines["config"], "config", "the config schedules no fault to inject")
     expectations = _expectations(r, top, len(injections))
     silent = _silences(r, top)
+    scrape = r.take(top, "", "scrape_interval", _interval, None)
+    evaluation = r.take(top, "", "evaluation_interval", _interval, None)
     if r.issues:
         raise ConfigError(r.issues)
     return Drill(name=name, config=config, speed=speed, injections=injections,
-                 expectations=expectations, silent=silent, source=source)
+                 expectations=expectations, silent=silent, source=source,
+                 scrape_interval_ms=scrape, evaluation_interval_ms=evaluation)
 
 
 def _expectations(r: Reader, top: LocMap, injected: int) -> tuple[Expectation, ...]:

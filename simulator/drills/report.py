@@ -11,10 +11,13 @@ from simulator.drills.scoring import PASS, AlertTrack, Scorecard, fmt_seconds
 def render_table(card: Scorecard) -> str:
     """The human scorecard: every time in run-time seconds, one unit for the whole table."""
     d = card.drill
-    lines = [f"drill {d.name} ({d.source}), speed {d.speed:g}: "
+    lines = [f"drill {d.name} ({d.source}), {card.mode or f'speed {d.speed:g}'}: "
              f"{'PASS' if card.passed else 'FAIL'}",
              "seconds of run time: injected at t; pending, firing and notified after the "
              "injection; resolved after the clear", ""]
+    if not card.notifications:
+        lines[-1:-1] = ["firing: the evaluation at which promtool first had the alert firing; "
+                        "notifications are not judged offline (no Alertmanager)"]
     header = ("expectation", "injected", "pending", "firing", "budget", "notified",
               "resolved", "result")
     rows = [header]
@@ -70,6 +73,9 @@ def render_json(card: Scorecard) -> str:
         "drill": card.drill.name,
         "source": card.drill.source,
         "speed": speed,
+        "mode": "live" if card.mode is None else "offline",
+        "judged_by": card.mode,
+        "notifications_judged": card.notifications,
         "passed": card.passed,
         "error": card.error,
         "elapsed_seconds": round(card.elapsed, 3),
@@ -100,6 +106,20 @@ def render_json(card: Scorecard) -> str:
 
 def render_junit(card: Scorecard) -> str:
     """The scorecard as a JUnit XML report: one testcase per expectation and per silence."""
+    return ElementTree.tostring(_suite(card), encoding="unicode", xml_declaration=True) + "\n"
+
+
+def render_junit_all(cards: list[Scorecard]) -> str:
+    """Several scorecards as one JUnit XML report: a testsuite per drill."""
+    suites = ElementTree.Element("testsuites", name="trainsim drills")
+    for card in cards:
+        suites.append(_suite(card))
+    suites.set("tests", str(sum(int(s.get("tests", "0")) for s in suites)))
+    suites.set("failures", str(sum(int(s.get("failures", "0")) for s in suites)))
+    return ElementTree.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"
+
+
+def _suite(card: Scorecard) -> ElementTree.Element:
     cases = []
     for r in card.results:
         cases.append((r.expectation.name, r.status == PASS, r.message,
@@ -121,4 +141,4 @@ def render_junit(card: Scorecard) -> str:
         if not ok:
             failure = ElementTree.SubElement(case, "failure", message=message, type="FAIL")
             failure.text = message
-    return ElementTree.tostring(suite, encoding="unicode", xml_declaration=True) + "\n"
+    return suite

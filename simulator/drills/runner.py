@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import re
 import sys
 import tempfile
@@ -28,14 +27,14 @@ from typing import Any, TextIO
 import yaml
 
 from simulator import resources
-from simulator.drills import stack
+from simulator.drills import offline, stack
 from simulator.drills.file import Drill, load_drill
 from simulator.drills.profile import (
     fast_alertmanager_config,
     fast_profile,
     fast_prometheus_config,
 )
-from simulator.drills.report import render_json, render_junit, render_table
+from simulator.drills.report import render_json, render_junit, render_junit_all, render_table
 from simulator.drills.scoring import Observations, Scorecard, evaluate, progress_line
 from simulator.schema.errors import UsageError
 from simulator.web import client
@@ -172,9 +171,9 @@ def watch(drill: Drill, endpoints: Endpoints, obs: Observations, start: float,
         now = clock() - start
         while pending and drill.injections[pending[0][0]].at / speed <= now:
             i, inj = pending.pop(0)
-            duration = f"{inj.duration:g}s" if math.isfinite(inj.duration) else None
             try:
-                api.inject(inj.run, inj.kind, duration=duration, params=dict(inj.params))
+                api.inject(inj.run, inj.kind, duration=inj.api_duration,
+                           params=dict(inj.params))
             except ClientError as exc:
                 detail = endpoints.diagnose() if endpoints.diagnose else ""
                 raise DrillError(f"injecting {inj.kind} into {inj.run}: {exc}"
@@ -267,7 +266,7 @@ def _receiver_hint(url: str) -> str:
 class Options:
     """What ``trainsim drill`` was asked to do."""
 
-    file: str
+    files: tuple[str, ...]
     daemon: str | None = None
     prometheus: str | None = None
     alertmanager: str | None = None
@@ -278,6 +277,10 @@ class Options:
     webhook_address: str = "127.0.0.1:0"
     output: str = "table"
     junit: str | None = None
+    offline: bool = False
+    emit: str | None = None
+    scrape_interval_ms: int | None = None
+    evaluation_interval_ms: int | None = None
 
 
 def main(o: Options, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
@@ -286,7 +289,15 @@ def main(o: Options, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     the JUnit report unwritable after all); ConfigError (the drill file) or UsageError (the
     options, a ``--junit`` path that cannot be written) for a mistake, before anything
     starts."""
-    drill = load_drill(o.file)
+    if o.offline or o.emit is not None:
+        return main_offline(o, out, err)
+    for flag, given in (("--scrape-interval", o.scrape_interval_ms),
+                        ("--evaluation-interval", o.evaluation_interval_ms)):
+        if given is not None:
+            raise UsageError(f"drill: {flag} is for --offline and --emit")
+    if len(o.files) != 1:
+        raise UsageError("drill: a live drill takes one drill file (--offline takes several)")
+    drill = load_drill(o.files[0])
     endpoints = None
     if o.daemon is not None or o.prometheus is not None:
         if o.daemon is None or o.prometheus is None:
@@ -303,9 +314,7 @@ def main(o: Options, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
         drill = dataclasses.replace(drill, speed=o.speed or 1.0)
     elif o.speed is not None:
         drill = dataclasses.replace(drill, speed=o.speed)
-    rules = Path(o.rules) if o.rules else None
-    if rules is not None and not sorted(rules.glob("*.yml")):
-        raise UsageError(f"drill: --rules: no *.yml files in {rules}")
+    rules = _rules_dir(o.rules)
     am_config = None
     if o.alertmanager_config is not None:
         try:
@@ -346,3 +355,65 @@ def _check_writable(path: str) -> None:
     except OSError as exc:
         raise UsageError(f"drill: --junit: cannot write {path}: {exc.strerror or exc}"
                          ) from None
+
+
+def _rules_dir(given: str | None) -> Path | None:
+    rules = Path(given) if given else None
+    if rules is not None and not sorted(rules.glob("*.yml")):
+        raise UsageError(f"drill: --rules: no *.yml files in {rules}")
+    return rules
+
+
+def main_offline(o: Options, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+    """``trainsim drill --offline`` (and ``--emit``): judge each drill file with promtool at
+    the real intervals, or write it as a promtool test file. Exit 0 if every drill passed (or
+    was written), 1 if one failed, 3 if promtool is missing or fails; ConfigError or
+    UsageError before anything runs."""
+    for flag, given in (("--daemon", o.daemon), ("--prometheus", o.prometheus),
+                        ("--alertmanager", o.alertmanager), ("--speed", o.speed),
+                        ("--alertmanager.config", o.alertmanager_config)):
+        if given is not None:
+            raise UsageError(f"drill: {flag} is for live drills, not --offline or --emit")
+    drills = [load_drill(f) for f in o.files]
+    rules_dir = _rules_dir(o.rules)
+    rules = offline.Rules.load(rules_dir)
+    if o.junit is not None:
+        _check_writable(o.junit)
+    shipped = offline.shipped_intervals()
+    cards, status = [], 0
+    with tempfile.TemporaryDirectory(prefix="trainsim-offline-") as tmp:
+        for drill in drills:
+            intervals = offline.Intervals(
+                o.scrape_interval_ms or drill.scrape_interval_ms or shipped.scrape_ms,
+                o.evaluation_interval_ms or drill.evaluation_interval_ms
+                or shipped.evaluation_ms)
+            try:
+                if o.emit is not None:
+                    result, written = offline.emit(drill, rules, rules_dir, intervals,
+                                                   Path(o.emit), Path(tmp))
+                    err.write(f"{drill.source}: wrote {written[-1]} "
+                              f"({'passes' if result.card.passed else 'FAILS'} as drilled)\n")
+                    continue
+                card = offline.judge(drill, rules, intervals, Path(tmp)).card
+            except offline.OfflineError as exc:
+                err.write(f"trainsim: drill could not run: {exc}\n")
+                return 3
+            except OSError as exc:
+                err.write(f"trainsim: drill: --emit: cannot write into {o.emit}: "
+                          f"{exc.strerror or exc}\n")
+                return 3
+            cards.append(card)
+            if o.output == "table":
+                out.write(render_table(card))
+            status = max(status, 0 if card.passed else 1)
+    if o.output == "json" and cards:
+        docs = [json.loads(render_json(c)) for c in cards]
+        out.write(json.dumps(docs[0] if len(docs) == 1 else docs, indent=2) + "\n")
+    if o.junit is not None and cards:
+        try:
+            Path(o.junit).write_text(render_junit_all(cards))
+        except OSError as exc:
+            err.write(f"trainsim: drill: --junit: cannot write {o.junit}: "
+                      f"{exc.strerror or exc}\n")
+            status = 3
+    return status

@@ -31,6 +31,19 @@ TRANSPORT_ERRORS = (OSError, http.client.HTTPException, ValueError)
 cannot be sent; ``reason`` says which in one line."""
 
 
+def fault_body(kind: str, *, duration: str | None = None, steps: int | None = None,
+               params: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The control API's body that injects a fault (``POST /api/v1/runs/RUN/faults``)."""
+    body: dict[str, Any] = {"kind": kind}
+    if duration is not None:
+        body["duration"] = duration
+    if steps is not None:
+        body["steps"] = steps
+    if params:
+        body["params"] = params
+    return body
+
+
 class ClientError(Exception):
     """A request that failed; ``status`` is the HTTP status, or None if there was no answer."""
 
@@ -61,13 +74,7 @@ class Client:
     def inject(self, run: str, kind: str, duration: str | None = None, steps: int | None = None,
                params: dict[str, Any] | None = None) -> dict[str, Any]:
         """Inject a fault now; returns the fault (its ``id`` clears it)."""
-        body: dict[str, Any] = {"kind": kind}
-        if duration is not None:
-            body["duration"] = duration
-        if steps is not None:
-            body["steps"] = steps
-        if params:
-            body["params"] = params
+        body = fault_body(kind, duration=duration, steps=steps, params=params)
         return self._object(self._request("POST", f"{_run_path(run)}/faults", body),
                             "id", "kind")
 
