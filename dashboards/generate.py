@@ -12,6 +12,7 @@ the committed ones.
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -53,6 +54,14 @@ STEP_RATE_UNIT = "opm"
 # overflows), and converging runs go far lower (the seed's lr 0.7 reaches 1e-94): a line that
 # leaves through the bottom is below 1e-20.
 LOG_AXIS_MIN = 1e-20
+# Samples a second, scaled like ops ("8.53 samples/s", "1.2K samples/s"): Grafana's custom
+# `count:<unit>`, as no built-in unit counts samples.
+THROUGHPUT_UNIT = "count:samples/s"
+# dcgm-exporter reports clocks in MHz; Grafana's custom `si:MHz` reads them as such and scales
+# ("1.98 GHz").
+CLOCK_UNIT = "si:MHz"
+# One series per GPU; `gpu` is the rank, unique within the run, `Hostname` its host.
+GPU_LEGEND = "GPU {{gpu}} ({{Hostname}})"
 RATE_WINDOW_NOTE = ("The rate is taken over Grafana's rate interval (60 s at a 15 s scrape), "
                     "which holds one or two steps of a run stepping every 30 s: the line "
                     "wavers around the true rate.")
@@ -73,6 +82,17 @@ MULTI = Runs('=~"$run"')
 SINGLE = Runs('="$run"')
 # A panel and its place on the grid: (x, y, w, h).
 Placed = tuple[Builder[dm.Panel], tuple[int, int, int, int]]
+
+
+@dataclass(frozen=True)
+class FoldedRow:
+    """A row collapsed by default at line ``y`` of the grid, and the panels it holds (placed
+    below it, where they appear when the row is opened). Grafana runs a collapsed row's
+    queries only once it is opened."""
+
+    title: str
+    y: int
+    panels: Sequence[Placed]
 
 
 # ------------------------------------------------------------------------------ building blocks
@@ -103,6 +123,7 @@ STATE_MAPPING = value_mapping(*((s, s, c) for s, c in zip(STATES, STATE_COLORS, 
 STATE_NUMBER_MAPPING = value_mapping(*((str(i), s, c) for i, (s, c) in
                                        enumerate(zip(STATES, STATE_COLORS, strict=True), 1)))
 DETECTOR_MAPPING = value_mapping(("0", "ok", "green"), ("1", "DIVERGING", "red"))
+XID_MAPPING = value_mapping(("0", "OK", "green"), ("79", "XID 79: fell off the bus", "red"))
 
 
 def prop(id_val: str, value: object) -> dm.DynamicConfigValue:
@@ -324,10 +345,10 @@ def variables(single_run: bool) -> list[Builder[dm.VariableModel]]:
 
 
 def dashboard(uid: str, title: str, description: str, tags: Sequence[str],
-              panels: Sequence[Placed],
+              panels: Sequence[Placed | FoldedRow],
               runs: Runs) -> db.Dashboard:
-    """A dashboard with the common header; ``panels`` as (panel, (x, y, w, h)), numbered from 1
-    in that order."""
+    """A dashboard with the common header; ``panels`` as (panel, (x, y, w, h)) or folded rows,
+    numbered from 1 in that order (a row, then the panels it holds)."""
     d = (db.Dashboard(title).uid(uid).description(description).tags(["trainsim", *tags])
          .timezone("browser").editable().tooltip(dm.DashboardCursorSync.CROSSHAIR)
          .fiscal_year_start_month(0).live_now(False).refresh(REFRESH).version(1)
@@ -337,10 +358,23 @@ def dashboard(uid: str, title: str, description: str, tags: Sequence[str],
                .tags(["trainsim"]).as_dropdown(True).include_vars(False).keep_time(True)
                .target_blank(False).icon("external link").tooltip("").url(""))
          .annotations(alert_annotations(runs)).variables(variables(runs is SINGLE)))
-    for i, (panel, (x, y, w, h)) in enumerate(panels, 1):
+    ids = itertools.count(1)
+
+    def placed(panel: Builder[dm.Panel], x: int, y: int, w: int, h: int) -> Any:
         # The SDK's generic builder type has no id or gridPos setters; every panel builder has.
         p: Any = panel
-        d = d.with_panel(p.id(i).grid_pos(dm.GridPos(x=x, y=y, w=w, h=h)))
+        return p.id(next(ids)).grid_pos(dm.GridPos(x=x, y=y, w=w, h=h))
+
+    for item in panels:
+        if isinstance(item, FoldedRow):
+            row = (db.Row(item.title).id(next(ids))
+                   .grid_pos(dm.GridPos(x=0, y=item.y, w=24, h=1)).collapsed(True))
+            for panel, pos in item.panels:
+                row = row.with_panel(placed(panel, *pos))
+            d = d.with_row(row)
+        else:
+            panel, pos = item
+            d = d.with_panel(placed(panel, *pos))
     return d
 
 
@@ -499,7 +533,7 @@ def run_timeline(r: Runs) -> statetimeline.Panel:
 def run_detail() -> db.Dashboard:
     """Run detail: one run's state, losses, gradient, learning rate, parameters and steps."""
     r = SINGLE
-    panels: list[Placed] = [
+    panels: list[Placed | FoldedRow] = [
         *run_stats(r),
         (run_timeline(r), (0, 4, 24, 6)),
         (graph("Excess loss J(w) - J*",
@@ -547,11 +581,91 @@ def run_detail() -> db.Dashboard:
                "diverged or finished.", "s",
                query(f"time() - {r('trainsim_last_step_timestamp_seconds')}", "age"),
                label="since last step"), (18, 27, 6, 8)),
+        hardware_row(r, 35),
     ]
     return dashboard("trainsim-run", "Trainsim / Run detail",
                      "One run of the trainsim daemon: state, loss and excess loss, gradient, "
                      "learning rate, parameters and step rate, with alert, fault and restart "
-                     "annotations.", ["run"], panels, r)
+                     "annotations; for runs with a hardware block, step duration, throughput, "
+                     "MFU and the GPUs' telemetry in a folded Hardware row.", ["run"], panels,
+                     r)
+
+
+def hardware_row(r: Runs, y: int) -> FoldedRow:
+    """Step duration, throughput, MFU and each GPU's telemetry (dcgm-exporter's names).
+
+    Folded: only runs with a `hardware:` block export these (the default config has none),
+    and a folded row's queries run only when it is opened."""
+    buckets = f"sum by (le) (rate({r('trainsim_step_duration_seconds_bucket')}[$__rate_interval]))"
+    mean = (f"sum(rate({r('trainsim_step_duration_seconds_sum')}[$__rate_interval]))\n"
+            f"/ sum(rate({r('trainsim_step_duration_seconds_count')}[$__rate_interval]))")
+    step_duration = graph(
+        "Step duration", "Duration of the run's optimizer steps (trainsim_step_duration_seconds, "
+        "one observation a step): the median and 90th percentile from the histogram's buckets "
+        "(histogram_quantile over their rate), and the exact mean (rate of _sum over rate of "
+        "_count). The quantiles interpolate within a bucket (bounds 0.01 s to 300 s), so they "
+        "read to the buckets' resolution: a 30 s step reads between 25 s and 60 s. Slow-step, "
+        "dataloader-stall, straggler and thermal-throttle faults multiply it. No line while "
+        f"the run takes no step. {RATE_WINDOW_NOTE}", "s",
+        query(f"histogram_quantile(0.5, {buckets})", "p50"),
+        query(f"histogram_quantile(0.9, {buckets})", "p90", "B"),
+        query(mean, "mean", "C"), label="seconds per step")
+    throughput = graph(
+        "Throughput", "Samples processed per second: the rate of trainsim_samples_total (steps "
+        "times samples_per_step) and trainsim_throughput_samples_per_second, samples_per_step "
+        f"over the last step's duration. {RATE_WINDOW_NOTE} The rate falls to 0 while the run "
+        "takes no step; the last step's figure holds.", THROUGHPUT_UNIT,
+        query(f"sum(rate({r('trainsim_samples_total')}[$__rate_interval]))", "rate"),
+        query(f"max({r('trainsim_throughput_samples_per_second')})", "last step", "B"),
+        label="samples per second").min(0)
+    mfu = graph(
+        "Model FLOPs utilisation (MFU)", "trainsim_model_flops_utilization_ratio: the model "
+        "FLOPs of the last step over what the run's GPUs could do in its duration "
+        "(flops_per_step / (duration x peak_flops x gpus)), 40 % nominal. Divided by the factor "
+        "of a slow-step, dataloader-stall, straggler or thermal-throttle fault.", "percentunit",
+        query(f"max({r('trainsim_model_flops_utilization_ratio')})", "MFU"),
+        label="MFU").min(0).max(1)
+
+    def per_gpu(title: str, description: str, unit: str, metric: str, label: str
+                ) -> timeseries.Panel:
+        return graph(title, description, unit, query(r(metric), GPU_LEGEND), label=label)
+
+    utilisation = per_gpu(
+        "GPU utilisation", "DCGM_FI_DEV_GPU_UTIL of each GPU of the run: the share of each step "
+        "the GPU computes, about 90 % while the run steps, 0 while it does not (hung, diverged, "
+        "finished). Slow-step and dataloader-stall faults divide it; under a straggler the "
+        "slow rank stays busy and the others wait.", "percent", "DCGM_FI_DEV_GPU_UTIL",
+        "GPU utilisation").min(0).max(100)
+    power = per_gpu(
+        "GPU power", "DCGM_FI_DEV_POWER_USAGE of each GPU: between the model's idle and busy "
+        "draw with the utilisation (an H100 idles at 70 W), capped by a thermal throttle.",
+        "watt", "DCGM_FI_DEV_POWER_USAGE", "power").min(0)
+    temperature = per_gpu(
+        "GPU temperature", "DCGM_FI_DEV_GPU_TEMP of each GPU: about 35 °C idle, 70 °C busy, "
+        "88 °C while thermally throttled.", "celsius", "DCGM_FI_DEV_GPU_TEMP", "temperature")
+    clock = per_gpu(
+        "SM clock", "DCGM_FI_DEV_SM_CLOCK of each GPU (reported in MHz): the model's maximum "
+        "while busy (1980 MHz on an H100), reduced by a thermal throttle's factor, the idle "
+        "clock while the GPU idles.", CLOCK_UNIT, "DCGM_FI_DEV_SM_CLOCK", "SM clock").min(0)
+    framebuffer = per_gpu(
+        "Framebuffer used", "DCGM_FI_DEV_FB_USED of each GPU (reported in MiB): the memory the "
+        "job allocated, for as long as the job lives; it stays allocated while the job hangs "
+        "and vanishes with a crash. DCGM_FI_DEV_FB_FREE has the rest.", "mbytes",
+        "DCGM_FI_DEV_FB_USED", "framebuffer used").min(0)
+    xid = single_stat(
+        "XID errors", "DCGM_FI_DEV_XID_ERRORS of each GPU: the last XID error, 0 (OK) normally. "
+        "79 means the GPU has fallen off the bus (a gpu_lost fault): that GPU then reports "
+        "only this series, and the job hangs.", r("DCGM_FI_DEV_XID_ERRORS"), GPU_LEGEND,
+        decimals=0, text_mode=cm.BigValueTextMode.VALUE_AND_NAME,
+        color_mode=cm.BigValueColorMode.BACKGROUND, steps=((None, "green"), (1, "red"))
+    ).mappings([XID_MAPPING])
+    return FoldedRow("Hardware", y, [
+        (step_duration, (0, y + 1, 8, 8)), (throughput, (8, y + 1, 8, 8)),
+        (mfu, (16, y + 1, 8, 8)),
+        (utilisation, (0, y + 9, 12, 8)), (power, (12, y + 9, 12, 8)),
+        (temperature, (0, y + 17, 12, 8)), (clock, (12, y + 17, 12, 8)),
+        (framebuffer, (0, y + 25, 12, 8)), (xid, (12, y + 25, 12, 8)),
+    ])
 
 
 def run_stats(r: Runs) -> list[Placed]:

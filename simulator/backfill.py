@@ -50,7 +50,10 @@ from simulator.durations import format_prometheus, parse_prometheus
 from simulator.engine import Snapshot
 from simulator.exposition import (
     FAMILIES,
+    HARDWARE_FAMILIES,
+    HISTOGRAM_PARTS,
     Family,
+    Histogram,
     escape_label_value,
     format_floats,
     layout,
@@ -312,7 +315,7 @@ class Recorder:
     def __init__(self, spill: IO[bytes]) -> None:
         self.instants = 0
         self._spill = spill
-        self._series = [_Series(f) for f in FAMILIES]
+        self._series = [_Series(f) for f in FAMILIES + HARDWARE_FAMILIES]
         self._segments: list[_Segment] = []
         self._present: list[Bools] = []
         self._own: dict[str, _Own] = {}
@@ -342,7 +345,7 @@ class Recorder:
             self._last = snap
         self._spill.write(self._row.tobytes())
         self._segments[-1].count += 1
-        self._present.append(snap.present)
+        self._present.append(snap.presence)
         for metric in own:
             fam = self._own.setdefault(metric.name, _Own(metric.type, metric.documentation))
             for s in metric.samples:
@@ -381,8 +384,9 @@ class Recorder:
 
     def _layouts(self, snap: Snapshot) -> Iterator[tuple[list[tuple[str, ...]], Ints]]:
         rows_of = layout(snap)
-        for series in self._series:
-            yield rows_of[series.family.name]
+        none: tuple[list[tuple[str, ...]], Ints] = ([], np.zeros(0, np.int64))
+        for series in self._series:  # a fleet without hardware has no hardware family
+            yield rows_of.get(series.family.name, none)
 
     def _values(self, snap: Snapshot) -> Floats | None:
         """The snapshot's samples as one row of the current segment; None if their numbers
@@ -390,6 +394,8 @@ class Recorder:
         seg = self._segments[-1]
         row = np.zeros(sum(seg.widths))
         for k, series in enumerate(self._series):
+            if not seg.widths[k]:
+                continue
             values = sample_values(snap, series.family)
             at = seg.scatter[k]
             if values.size != (seg.widths[k] if at is None else at.size):
@@ -428,20 +434,28 @@ class Recorder:
                       stamps: list[str], written: Written) -> None:
         """Per-run family ``k``: its header, then its series a block at a time."""
         fam = self._series[k].family
+        if not self._series[k].labels and fam in HARDWARE_FAMILIES:  # a fleet without hardware
+            return
         out.write(_header(fam.name, fam.kind, fam.help))
-        prefixes = [_prefix(fam.sample_name, dict(zip(fam.labels, lv, strict=True)), scrape)
-                    for lv in self._series[k].labels]
+        prefixes = [_prefix(*_sample(fam, lv), scrape) for lv in self._series[k].labels]
         rows = np.array(self._series[k].rows, np.int64)
-        step = max(1, BLOCK_SAMPLES // max(self.instants, 1))
+        # A histogram's series go a run at a time, instant after instant (its buckets, count
+        # and sum together at each), as OpenMetrics groups a histogram's points.
+        group = HISTOGRAM_PARTS if isinstance(fam, Histogram) else 1
+        step = max(group, BLOCK_SAMPLES // max(self.instants, 1) // group * group)
         for c0 in range(0, len(prefixes), step):
             c1 = min(len(prefixes), c0 + step)
             values, keep = self._read(k, c0, c1, present, rows)
             dropped = [j - c0 for j in range(c0, c1) if prefixes[j] is None]
             if dropped:  # by the scrape config's relabelling
                 keep[:, dropped] = False
-            text = _block([p or "" for p in prefixes[c0:c1]],
-                          _format(np.ascontiguousarray(values.T)),
-                          None if keep.all() else keep.T.ravel().tolist(), stamps)
+            heads = [p or "" for p in prefixes[c0:c1]]
+            texts = _format(np.ascontiguousarray(values.T))
+            flags = keep.T.ravel()
+            if group > 1:
+                text = _grouped_block(heads, texts, flags, stamps, group)
+            else:
+                text = _block(heads, texts, None if keep.all() else flags.tolist(), stamps)
             written.add(out, text, int(keep.any(axis=0).sum()), int(keep.sum()))
 
     def _write_own(self, out: IO[bytes], name: str, fam: _Own, scrape: Scrape,
@@ -515,6 +529,11 @@ def _format(values: Floats) -> list[str]:
     return result
 
 
+def _sample(fam: Family, values: tuple[str, ...]) -> tuple[str, dict[str, str]]:
+    name, pairs = fam.sample(values)
+    return name, dict(pairs)
+
+
 def _header(name: str, kind: str, help: str) -> bytes:
     return f"# HELP {name} {help}\n# TYPE {name} {kind}\n".encode()
 
@@ -537,6 +556,21 @@ def _block(prefixes: list[str], values: list[str], keep: list[bool] | None,
     parts[0::3] = heads
     parts[1::3] = values
     parts[2::3] = tails
+    return "".join(parts)
+
+
+def _grouped_block(prefixes: list[str], values: list[str], keep: Bools, stamps: list[str],
+                   group: int) -> str:
+    """The lines of ``prefixes``' series (``values`` and ``keep`` series after series, one per
+    stamp, as for ``_block``), ``group`` series at a time, instant after instant."""
+    per, groups = len(stamps), len(prefixes) // group
+    order = ((np.arange(groups)[:, None, None] * group + np.arange(group)[None, None, :]) * per
+             + np.arange(per)[None, :, None]).ravel()
+    order = order[keep[order]]
+    parts: list[str] = [""] * (3 * len(order))
+    parts[0::3] = [prefixes[i] for i in (order // per).tolist()]
+    parts[1::3] = [values[i] for i in order.tolist()]
+    parts[2::3] = [stamps[i] for i in (order % per).tolist()]
     return "".join(parts)
 
 
@@ -614,7 +648,7 @@ def target(options: Options) -> Scrape:
     scrape, instance = shipped_scrape()
     labels = dict(scrape.labels)
     labels.update(job=options.job or DEFAULT_JOB, instance=options.instance or instance)
-    own = {name for fam in FAMILIES for name in fam.labels} | {"version"}
+    own = {name for fam in FAMILIES + HARDWARE_FAMILIES for name in fam.labels} | {"version", "le"}
     for name, value in options.labels:
         if name in ("job", "instance"):
             raise UsageError(f"backfill: --label: {name} has a flag of its own (--{name})")

@@ -11,11 +11,16 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Gauge
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 
 from simulator import __version__
 from simulator.engine import Snapshot
-from simulator.exposition import FAMILIES, layout, sample_values
+from simulator.exposition import Histogram, families, layout, sample_values
 
 
 class TrainsimCollector:
@@ -28,12 +33,17 @@ class TrainsimCollector:
         """Build fresh metric families from one snapshot; crashed runs have no series."""
         snap = self._snapshot()
         rows_of = layout(snap)
-        for fam in FAMILIES:
+        presence = snap.presence
+        for fam in families(snap):
             labels, rows = rows_of[fam.name]
-            keep = snap.present[rows].tolist()
+            keep = presence[rows].tolist()
+            values = sample_values(snap, fam).tolist()
+            if isinstance(fam, Histogram):
+                yield _histogram(fam, labels, values, keep)
+                continue
             cls = CounterMetricFamily if fam.kind == "counter" else GaugeMetricFamily
             mf = cls(fam.name, fam.help, labels=list(fam.labels))
-            for lv, v, k in zip(labels, sample_values(snap, fam).tolist(), keep, strict=True):
+            for lv, v, k in zip(labels, values, keep, strict=True):
                 if k:
                     mf.add_metric(list(lv), v)
             yield mf
@@ -41,6 +51,22 @@ class TrainsimCollector:
     def describe(self) -> list[Metric]:
         """Nothing up front: families are built at scrape time."""
         return []
+
+
+def _histogram(fam: Histogram, labels: list[tuple[str, ...]], values: list[float],
+               keep: list[bool]) -> Metric:
+    """A histogram family from its layout: per run, its buckets, then count, then sum."""
+    mf = HistogramMetricFamily(fam.name, fam.help, labels=["run"])
+    buckets: list[tuple[str, float]] = []
+    for (run, le, part), v, k in zip(labels, values, keep, strict=True):
+        if not k:
+            continue
+        if part == "bucket":
+            buckets.append((le, v))
+        elif part == "sum":
+            mf.add_metric([run], buckets, sum_value=v)
+            buckets = []
+    return mf
 
 
 class DaemonMetrics:

@@ -24,6 +24,7 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 from prometheus_client.utils import floatToGoString
 
 from simulator.engine import ALERTS, STATES, Snapshot
+from simulator.hardware import STEP_BUCKETS, Fleet
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,33 @@ class Family:
     def sample_name(self) -> str:
         """The name of the family's samples (counters gain ``_total``)."""
         return self.name + "_total" if self.kind == "counter" else self.name
+
+    @property
+    def sample_names(self) -> tuple[str, ...]:
+        """Every name its samples have."""
+        return (self.sample_name,)
+
+    def sample(self, values: tuple[str, ...]) -> tuple[str, tuple[tuple[str, str], ...]]:
+        """The sample name and the (label, value) pairs of the series with label ``values``
+        (as ``layout`` gives them)."""
+        return self.sample_name, tuple(zip(self.labels, values, strict=True))
+
+
+@dataclass(frozen=True)
+class Histogram(Family):
+    """A per-run histogram: ``layout`` gives each run's series as (run, le, part), part one
+    of ``bucket`` (one per bound, +Inf last), ``count``, ``sum``, in that order per run, as
+    prometheus_client writes them."""
+
+    @property
+    def sample_names(self) -> tuple[str, ...]:
+        return tuple(f"{self.name}_{part}" for part in ("bucket", "count", "sum"))
+
+    def sample(self, values: tuple[str, ...]) -> tuple[str, tuple[tuple[str, str], ...]]:
+        run, le, part = values
+        if part == "bucket":
+            return f"{self.name}_bucket", (("le", le), ("run", run))
+        return f"{self.name}_{part}", (("run", run),)
 
 
 # Per-run families with one sample per run, in exposition order, and the snapshot field each reads.
@@ -80,8 +108,52 @@ FAULTS_INJECTED = Family("trainsim_faults_injected", "counter",
 FAMILIES: tuple[Family, ...] = (
     *(f for f, _ in SCALARS), VALIDATION_LOSS, EXCESS_LOSS, PARAMETER, RUN_INFO, RUN_STATE,
     ALERT_ACTIVE, FAULT_ACTIVE, FAULTS_INJECTED)
+# Runs with a hardware block (simulator.hardware): their own series, then their GPUs' under
+# dcgm-exporter's names and labels (its default counters, etc/default-counters.csv, and the
+# profiling GR_ENGINE_ACTIVE), with ``run`` added to tie each GPU to its job.
+GPU_LABELS = ("gpu", "UUID", "device", "modelName", "Hostname", "run")
+# A histogram's series per run in ``layout``: its buckets (+Inf included), count and sum.
+HISTOGRAM_PARTS = len(STEP_BUCKETS) + 3
+STEP_DURATION = Histogram("trainsim_step_duration_seconds", "histogram",
+                          "Duration of each optimizer step of the run's current attempt.",
+                          ("run", "le"))
+SAMPLES = Family("trainsim_samples", "counter",
+                 "Samples processed in the run's current attempt (steps x samples_per_step).")
+TOKENS = Family("trainsim_tokens", "counter",
+                "Tokens processed in the run's current attempt (steps x tokens_per_step).")
+THROUGHPUT = Family("trainsim_throughput_samples_per_second", "gauge",
+                    "Samples per second of the run's last step.")
+MFU = Family("trainsim_model_flops_utilization_ratio", "gauge",
+             "Model FLOPs utilisation of the last step: flops_per_step / (step duration x "
+             "peak_flops x gpus).")
+DCGM: tuple[tuple[Family, str], ...] = tuple(
+    (Family(name, "gauge", help, GPU_LABELS), attr) for name, help, attr in (
+        ("DCGM_FI_DEV_SM_CLOCK", "SM clock frequency (in MHz).", "sm_clock"),
+        ("DCGM_FI_DEV_GPU_TEMP", "GPU temperature (in C).", "temperature"),
+        ("DCGM_FI_DEV_POWER_USAGE", "Power draw (in W).", "power"),
+        ("DCGM_FI_DEV_GPU_UTIL", "GPU utilization (in %).", "util"),
+        ("DCGM_FI_DEV_FB_FREE", "Framebuffer memory free (in MiB).", "fb_free"),
+        ("DCGM_FI_DEV_FB_USED", "Framebuffer memory used (in MiB).", "fb_used"),
+        ("DCGM_FI_PROF_GR_ENGINE_ACTIVE", "Ratio of time the graphics engine is active.",
+         "engine_active"),
+    ))
+XID = Family("DCGM_FI_DEV_XID_ERRORS", "gauge", "Value of the last XID error encountered.",
+             GPU_LABELS)
+HARDWARE_FAMILIES: tuple[Family, ...] = (STEP_DURATION, SAMPLES, TOKENS, THROUGHPUT, MFU,
+                                         *(f for f, _ in DCGM), XID)
+
+
+def families(snap: Snapshot) -> tuple[Family, ...]:
+    """The families of ``snap``: ``FAMILIES``, and the hardware ones when a run has hardware
+    (a fleet without writes exactly what it did before hardware existed)."""
+    return FAMILIES if snap.hardware is None else FAMILIES + HARDWARE_FAMILIES
+
+
 # Families whose values are all 0 or 1: rendered from a lookup and cached while unchanged.
 _FLAGS = (RUN_INFO, RUN_STATE, ALERT_ACTIVE, FAULT_ACTIVE)
+# Families whose values rarely change (a GPU's telemetry holds while its job runs steadily):
+# their rendered block is cached while the values are the same.
+_STEADY = (*(f for f, _ in DCGM), XID)
 
 _ZERO_ONE = ("0.0", "1.0")
 
@@ -120,6 +192,31 @@ def layout(snap: Snapshot) -> dict[str, tuple[Labels, Rows]]:
     pairs = (pair_labels, np.array([r for r, _ in snap.fault_pairs], dtype=np.int64))
     out[FAULT_ACTIVE.name] = pairs
     out[FAULTS_INJECTED.name] = pairs
+    if snap.hardware is not None:
+        out.update(_hardware_layout(snap, snap.hardware))
+    return out
+
+
+def _hardware_layout(snap: Snapshot, hw: Fleet) -> dict[str, tuple[Labels, Rows]]:
+    """The hardware families' samples. A GPU's series have the row ``n + g`` (GPU g) of
+    ``Snapshot.presence``, its XID series ``n + G + g``."""
+    names, n, gpus = snap.names, len(snap.names), len(hw.labels)
+    run_names = [names[r] for r in hw.rows.tolist()]
+    les = [floatToGoString(b) for b in (*STEP_BUCKETS, float("inf"))]
+    parts = [(le, "bucket") for le in les] + [("", "count"), ("", "sum")]
+    out: dict[str, tuple[Labels, Rows]] = {
+        STEP_DURATION.name: ([(nm, le, part) for nm in run_names for le, part in parts],
+                             np.repeat(hw.rows, len(parts))),
+        TOKENS.name: ([(names[r],) for r in hw.rows[hw.tokens_rows].tolist()],
+                      hw.rows[hw.tokens_rows]),
+    }
+    for fam in (SAMPLES, THROUGHPUT, MFU):
+        out[fam.name] = ([(nm,) for nm in run_names], hw.rows)
+    owners = hw.rows[hw.gpu_run].tolist()
+    gpu_labels: Labels = [(*lv, names[r]) for lv, r in zip(hw.labels, owners, strict=True)]
+    for fam, _ in DCGM:
+        out[fam.name] = (gpu_labels, n + np.arange(gpus, dtype=np.int64))
+    out[XID.name] = (gpu_labels, n + gpus + np.arange(gpus, dtype=np.int64))
     return out
 
 
@@ -146,7 +243,33 @@ def sample_values(snap: Snapshot, fam: Family) -> NDArray[np.float64]:
         return snap.alerts.ravel().astype(np.float64)
     if fam is FAULT_ACTIVE:
         return snap.fault_active.astype(np.float64)
-    return snap.faults_injected
+    if fam is FAULTS_INJECTED:
+        return snap.faults_injected
+    return _hardware_values(snap, fam)
+
+
+def _hardware_values(snap: Snapshot, fam: Family) -> NDArray[np.float64]:
+    tel = snap.telemetry
+    assert tel is not None, f"{fam.name} without hardware"
+    if fam is STEP_DURATION:
+        per_run = np.concatenate([tel.step_buckets, tel.step_count[:, None],
+                                  tel.step_sum[:, None]], axis=1)
+        return per_run.ravel()
+    if fam is SAMPLES:
+        return tel.samples_total
+    if fam is TOKENS:
+        return tel.tokens_total
+    if fam is THROUGHPUT:
+        return tel.throughput
+    if fam is MFU:
+        return tel.mfu
+    if fam is XID:
+        return tel.xid
+    for f, attr in DCGM:
+        if f is fam:
+            result: NDArray[np.float64] = getattr(tel, attr)
+            return result
+    raise KeyError(fam.name)
 
 
 def escape_label_value(value: str) -> str:
@@ -157,9 +280,9 @@ def escape_label_value(value: str) -> str:
 
 def _label_prefix(fam: Family, values: tuple[str, ...]) -> str:
     # prometheus_client writes labels sorted by name; so do we, to stay byte-identical.
-    pairs = sorted(zip(fam.labels, values, strict=True))
-    inner = ",".join(f'{k}="{escape_label_value(v)}"' for k, v in pairs)
-    return f"{fam.sample_name}{{{inner}}} "
+    name, pairs = fam.sample(values)
+    inner = ",".join(f'{k}="{escape_label_value(v)}"' for k, v in sorted(pairs))
+    return f"{name}{{{inner}}} "
 
 
 def _header(fam: Family, openmetrics: bool) -> str:
@@ -181,7 +304,7 @@ class Renderer:
 
     def _layout(self, snap: Snapshot) -> dict[str, tuple[list[str], Rows]]:
         key = (snap.names, snap.fault_pairs, tuple(w.shape for _, w in snap.parameters),
-               snap.landscapes, snap.optimizers, snap.schedules)
+               snap.landscapes, snap.optimizers, snap.schedules, snap.hardware)
         if key != self._key:
             self._prefixes = {
                 name: ([_label_prefix(_FAMILY[name], lv) for lv in labels], rows)
@@ -193,18 +316,20 @@ class Renderer:
     def render(self, snap: Snapshot, openmetrics: bool = False) -> str:
         """The per-run part of a scrape (no ``# EOF``), byte-identical to prometheus_client."""
         prefixed = self._layout(snap)
-        all_present = bool(snap.present.all())
+        presence = snap.presence
+        all_present = bool(presence.all())
         parts: list[str] = []
-        for fam in FAMILIES:
+        for fam in families(snap):
             parts.append(_header(fam, openmetrics))
             prefixes, rows = prefixed[fam.name]
-            keep = None if all_present else snap.present[rows]
+            keep = None if all_present else presence[rows]
             values = sample_values(snap, fam)
-            if fam in _FLAGS:
+            if fam in _FLAGS or fam in _STEADY:
                 key = values.tobytes() + (b"" if keep is None else keep.tobytes())
                 hit = self._blocks.get(fam.name)
                 if hit is None or hit[0] != key:
-                    text = _lines(prefixes, [_ZERO_ONE[int(v)] for v in values.tolist()], keep)
+                    text = _lines(prefixes, [_ZERO_ONE[int(v)] for v in values.tolist()]
+                                  if fam in _FLAGS else format_floats(values), keep)
                     hit = self._blocks[fam.name] = (key, text)
                 parts.append(hit[1])
             else:
@@ -212,7 +337,7 @@ class Renderer:
         return "".join(parts)
 
 
-_FAMILY = {f.name: f for f in FAMILIES}
+_FAMILY = {f.name: f for f in FAMILIES + HARDWARE_FAMILIES}
 
 
 def format_floats(values: NDArray[np.float64]) -> list[str]:
@@ -249,6 +374,12 @@ def series_count(snap: Snapshot) -> int:
     if snap.fault_pairs:
         rows = np.fromiter((r for r, _ in snap.fault_pairs), np.int64, len(snap.fault_pairs))
         count += 2 * int(present[rows].sum())  # fault_active and faults_injected_total
+    hw, tel = snap.hardware, snap.telemetry
+    if hw is not None and tel is not None:
+        # Per run: the histogram (buckets, +Inf, count, sum), samples, throughput, MFU.
+        count += (len(STEP_BUCKETS) + 3 + 3) * int(present[hw.rows].sum())
+        count += int(present[hw.rows[hw.tokens_rows]].sum())
+        count += len(DCGM) * int(tel.gpu_present.sum()) + int(tel.xid_present.sum())
     return count
 
 

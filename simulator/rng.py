@@ -23,6 +23,7 @@ class Stream(enum.IntEnum):
     NOISE_BURST = 1  # the noise_burst fault's gradient noise
     GRADIENT_NOISE = 2  # the gradient_noise run key
     LOSS_NOISE = 3  # the loss_noise run key
+    STEP_TIME = 4  # a hardware run's step-duration jitter
     ROTATION = 10  # a rotated quadratic's orthogonal matrix
     NQM_NOISE = 11  # the noisy quadratic model's minibatch gradient noise
     MINIBATCH = 12  # logistic regression's minibatch rows

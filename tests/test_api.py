@@ -322,6 +322,24 @@ def test_an_unknown_fault_parameter_is_named_with_the_kinds_parameters(
     assert error == message
 
 
+def test_a_fault_on_a_gpu_the_run_lacks_is_422_and_changes_nothing(
+        daemon_factory: Any, write_config: Any) -> None:
+    d = daemon_factory(write_config(CONFIG.replace("  - name: gamma",
+                                                   "  - name: gamma\n    hardware: {gpus: 4}")),
+                       speed=SPEED)
+    before = state(d)
+    error = assert_error(request(d, "POST", "/api/v1/runs/alpha/faults",
+                                 {"kind": "gpu_lost"}), 422)
+    assert error == "run 'alpha': gpu_lost needs a run with a hardware block (its GPUs)"
+    error = assert_error(request(d, "POST", "/api/v1/runs/gamma/faults",
+                                 {"kind": "straggler", "params": {"rank": 4}}), 422)
+    assert error == "run 'gamma': rank: the run has 4 GPUs (0-3), got 4"
+    assert state(d) == before
+    status, _, fault = request(d, "POST", "/api/v1/runs/gamma/faults",
+                               {"kind": "gpu_lost", "params": {"gpu": 3}, "duration": "1m"})
+    assert status == 201 and fault["kind"] == "gpu_lost"
+
+
 def test_action_with_fields_is_422(daemon: Any) -> None:
     assert_error(request(daemon, "POST", "/api/v1/runs/alpha/pause", {"now": True}), 422, "now")
     assert runs(daemon)["alpha"]["paused"] is False

@@ -8,10 +8,11 @@ project's own: pinned uids, defined variables, a valid JSON model, log-scale los
 axis labels that name the quantity, a default range that holds a whole loop of the default
 config.
 
-The live tests start the daemon on the embedded default config and Debian's Prometheus (with
-the shipped alert rules) on loopback, then run every panel, annotation and variable query of
-every dashboard with Grafana's variables substituted. A query Prometheus rejects, or one that
-returns nothing, fails. Missing binaries fail the tests; they never skip.
+The live tests start the daemon on the embedded default config plus one run on 8 GPUs (a
+`hardware:` block, for the run dashboard's Hardware row) and Debian's Prometheus (with the
+shipped alert rules) on loopback, then run every panel, annotation and variable query of every
+dashboard with Grafana's variables substituted. A query Prometheus rejects, or one that returns
+nothing, fails. Missing binaries fail the tests; they never skip.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Any
 import pytest
 import yaml
 
+from simulator import resources
 from simulator.config import load_default
 from simulator.drills import profile, stack
 from simulator.durations import parse_prometheus
@@ -50,6 +52,18 @@ DATASOURCE_REF = {"type": "prometheus", "uid": "${datasource}"}
 RUN_VARIABLE_QUERY = "label_values(trainsim_run_info, run)"
 DEFAULT_RUNS = ("lr-0.05", "lr-0.2", "lr-0.7", "lr-1.1")
 DIVERGING_RUN = "lr-1.1"
+# The live tests add this run to the default config: lr 0.2's descent on a job of 8 GPUs.
+HARDWARE_RUN = "hw-8gpu"
+HARDWARE_GPUS = 8
+LIVE_RUNS = (*DEFAULT_RUNS, HARDWARE_RUN)
+# The run dashboard's row of hardware panels, folded: only runs with a hardware block have them.
+HARDWARE_ROW = "Hardware"
+# What the Hardware row reads: the families of runs with a `hardware:` block (docs/metrics.md).
+HARDWARE_METRICS = ("trainsim_step_duration_seconds_bucket", "trainsim_samples_total",
+                    "trainsim_throughput_samples_per_second",
+                    "trainsim_model_flops_utilization_ratio", "DCGM_FI_DEV_GPU_UTIL",
+                    "DCGM_FI_DEV_POWER_USAGE", "DCGM_FI_DEV_GPU_TEMP", "DCGM_FI_DEV_SM_CLOCK",
+                    "DCGM_FI_DEV_FB_USED", "DCGM_FI_DEV_XID_ERRORS")
 MIN_SCHEMA_VERSION = 39  # Grafana 10.4 .. 11.x
 
 # Panel types the JSON may use, and those that dashboard-linter's panel-units rule checks.
@@ -63,7 +77,11 @@ VALID_UNITS = {
     "dateTimeAsIso", "dateTimeAsSystem", "dateTimeFromNow",
     "hertz", "ops", "reqps", "rps", "wps", "iops", "cps", "eps", "mps", "recps", "rowsps",
     "opm",
-    "bytes", "decbytes", "bits", "Bps", "binBps", "bps",
+    "bytes", "decbytes", "mbytes", "bits", "Bps", "binBps", "bps",
+    "watt", "celsius",
+    # Grafana's custom units: `count:<unit>` scales like ops (1.2K samples/s), `si:<prefix><unit>`
+    # reads the value in that prefix and rescales it (1980 MHz prints 1.98 GHz).
+    "count:samples/s", "si:MHz",
 }
 
 VARIABLE_REF = re.compile(
@@ -89,6 +107,11 @@ def _panels(dash: dict[str, Any]) -> Iterator[dict[str, Any]]:
     for panel in dash.get("panels", []):
         yield panel
         yield from panel.get("panels", [])
+
+
+def _rows(dash: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The dashboard's rows by title."""
+    return {p["title"]: p for p in dash.get("panels", []) if p["type"] == "row"}
 
 
 def _strings(node: Any) -> Iterator[str]:
@@ -117,6 +140,12 @@ class Query:
     where: str
     expr: str
     instant: bool
+    row: str = ""  # the title of the collapsed row holding the panel
+
+    @property
+    def hardware(self) -> bool:
+        """Whether the query is one of the Hardware row's (only hardware runs have data)."""
+        return self.row == HARDWARE_ROW
 
     @property
     def id(self) -> str:
@@ -125,10 +154,12 @@ class Query:
 
 def _queries(dash: dict[str, Any]) -> Iterator[Query]:
     uid = dash["uid"]
+    row_of = {p["id"]: row["title"] for row in _rows(dash).values() for p in row["panels"]}
     for panel in _panels(dash):
         for t in panel.get("targets", []):
             yield Query(uid, f"panel {panel['id']} {panel['title']}/{t['refId']}", t["expr"],
-                        bool(t.get("instant")) and not t.get("range", False))
+                        bool(t.get("instant")) and not t.get("range", False),
+                        row_of.get(panel["id"], ""))
     for ann in dash.get("annotations", {}).get("list", []):
         if ann.get("expr"):
             yield Query(uid, f"annotation {ann['name']}", ann["expr"], instant=False)
@@ -206,15 +237,28 @@ def test_panels_have_unique_ids_known_types_and_a_grid_position(name: str) -> No
     assert len(ids) == len(set(ids)), f"duplicate panel ids: {sorted(ids)}"
 
 
-@dashboard_files
-def test_panels_do_not_overlap(name: str) -> None:
+def _assert_no_overlap(panels: list[dict[str, Any]]) -> None:
     cells: dict[tuple[int, int], str] = {}
-    for p in ALL_DASHBOARDS[name]["panels"]:
+    for p in panels:
         pos = p["gridPos"]
         for x in range(pos["x"], pos["x"] + pos["w"]):
             for y in range(pos["y"], pos["y"] + pos["h"]):
                 assert (x, y) not in cells, f"{p['title']!r} overlaps {cells[(x, y)]!r}"
                 cells[(x, y)] = p["title"]
+
+
+@dashboard_files
+def test_panels_do_not_overlap(name: str) -> None:
+    """Nor do the panels of a collapsed row, placed below it, where Grafana opens them."""
+    d = ALL_DASHBOARDS[name]
+    _assert_no_overlap(d["panels"])
+    for row in _rows(d).values():
+        if row["collapsed"]:
+            assert all(p["gridPos"]["y"] > row["gridPos"]["y"] for p in row["panels"]), \
+                row["title"]
+            _assert_no_overlap(row["panels"])
+        else:
+            assert row["panels"] == [], f"Grafana drops the panels of open row {row['title']!r}"
 
 
 @dashboard_files
@@ -276,9 +320,11 @@ def test_panel_units_rule(name: str) -> None:
 
 @dashboard_files
 def test_panel_title_description_rule(name: str) -> None:
+    """Rows have a title only: Grafana's row model has no description."""
     for p in _panels(ALL_DASHBOARDS[name]):
         assert isinstance(p.get("title"), str) and p["title"].strip(), p["id"]
-        assert isinstance(p.get("description"), str) and p["description"].strip(), p["title"]
+        if p["type"] != "row":
+            assert isinstance(p.get("description"), str) and p["description"].strip(), p["title"]
 
 
 @pytest.mark.parametrize("query", ALL_QUERIES, ids=lambda q: q.id)
@@ -324,8 +370,46 @@ def test_run_detail_dashboard_shows_one_run_at_a_time() -> None:
     variables = {v["name"]: v for v in ALL_DASHBOARDS["trainsim-run.json"]["templating"]["list"]}
     assert not variables["run"]["multi"] and not variables["run"]["includeAll"]
     for q in _queries(ALL_DASHBOARDS["trainsim-run.json"]):
-        if "trainsim_" in q.expr or "ALERTS" in q.expr:
+        if any(name in q.expr for name in ("trainsim_", "ALERTS", "DCGM_")):
             assert 'run="$run"' in q.expr, q.id
+
+
+def test_hardware_panels_sit_in_a_folded_row_of_the_run_dashboard() -> None:
+    """Every hardware family has a panel in the run dashboard's Hardware row, folded (the
+    default config has no hardware: open, its panels would read "No data"), and no other panel
+    of any dashboard reads them."""
+    row = _rows(ALL_DASHBOARDS["trainsim-run.json"]).get(HARDWARE_ROW)
+    assert row is not None and row["collapsed"], "the run dashboard's folded Hardware row"
+    for metric in HARDWARE_METRICS:
+        assert any(_plots(p, metric) for p in row["panels"]), metric
+    for q in ALL_QUERIES:
+        if not q.hardware:
+            assert not re.search(r"DCGM_|trainsim_(step_duration|samples|tokens|throughput|"
+                                 r"model_flops)", q.expr), q.id
+
+
+def test_hardware_panels_read_in_the_units_of_their_quantity() -> None:
+    row = _rows(ALL_DASHBOARDS["trainsim-run.json"])[HARDWARE_ROW]
+    units = {p["title"]: p["fieldConfig"]["defaults"] for p in row["panels"]}
+    expected = {"Step duration": "s", "Throughput": "count:samples/s",
+                "Model FLOPs utilisation (MFU)": "percentunit", "GPU utilisation": "percent",
+                "GPU power": "watt", "GPU temperature": "celsius", "SM clock": "si:MHz",
+                "Framebuffer used": "mbytes", "XID errors": "none"}
+    assert {title: d["unit"] for title, d in units.items()} == expected
+    # Bounded ratios on a fixed scale: 0..100 % for utilisation, 0..1 for MFU.
+    assert (units["GPU utilisation"]["min"], units["GPU utilisation"]["max"]) == (0, 100)
+    assert (units["Model FLOPs utilisation (MFU)"]["min"],
+            units["Model FLOPs utilisation (MFU)"]["max"]) == (0, 1)
+
+
+def test_step_duration_quantiles_come_from_the_histograms_buckets() -> None:
+    row = _rows(ALL_DASHBOARDS["trainsim-run.json"])[HARDWARE_ROW]
+    (panel,) = (p for p in row["panels"] if p["title"] == "Step duration")
+    exprs = {t["legendFormat"]: t["expr"] for t in panel["targets"]}
+    for legend, q in (("p50", "0.5"), ("p90", "0.9")):
+        assert exprs[legend] == (
+            f"histogram_quantile({q}, sum by (le) (rate("
+            'trainsim_step_duration_seconds_bucket{run="$run"}[$__rate_interval])))')
 
 
 def _plots(panel: dict[str, Any], metric: str) -> bool:
@@ -438,7 +522,7 @@ def test_lr_comparison_marks_diverging_runs_by_detector_not_by_name() -> None:
         exprs = [t["expr"] for t in titles[title]["targets"]]
         assert any('alert="divergence"}' in e for e in exprs), title
     for s in _strings(d):
-        for run in DEFAULT_RUNS:
+        for run in LIVE_RUNS:
             assert run not in s, f"run name {run!r} hard-coded in {s!r}"
 
 
@@ -501,15 +585,27 @@ def _has(prom: stack.PrometheusProcess, expr: str, at: float) -> bool:
     return bool(prom.api("query", query=expr, time=f"{at:.3f}")["result"])
 
 
+def _live_config(workdir: Path) -> Path:
+    """The embedded default config plus HARDWARE_RUN: lr 0.2 on a job of 8 GPUs."""
+    config = yaml.safe_load(resources.read_text("default.yaml"))
+    config["runs"].append({"name": HARDWARE_RUN, "optimizer": {"kind": "sgd",
+                                                               "learning_rate": 0.2},
+                           "hardware": {"gpus": HARDWARE_GPUS}})
+    path = workdir / "config.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """The daemon on the default config, scraped every second by Prometheus with the rules."""
+    """The daemon on the default config plus a hardware run, scraped every second by
+    Prometheus with the rules."""
     if shutil.which("prometheus") is None:
         pytest.fail("prometheus not on PATH: install Debian's prometheus package "
                     "(`make test-deps`)", pytrace=False)
     workdir = tmp_path_factory.mktemp("dashboards-live")
     rule_files = _rule_files(workdir / "rules-src")
-    daemon = stack.start_daemon(workdir, speed=SPEED)
+    daemon = stack.start_daemon(workdir, config=_live_config(workdir), speed=SPEED)
     try:
         config = {
             "global": {"scrape_interval": f"{SCRAPE_SECONDS}s",
@@ -523,9 +619,12 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                                       rule_files=rule_files)
         try:
             # Wait until the default config has told its whole story once: every run scraped,
-            # a restart (loop), and the diverging run both detected and alerting.
+            # a restart (loop), and the diverging run both detected and alerting; and the
+            # hardware run's GPUs are scraped and its steps counted.
             ready = " and ".join((
-                f"count(trainsim_run_info) == {len(DEFAULT_RUNS)}",
+                f"count(trainsim_run_info) == {len(LIVE_RUNS)}",
+                f'count(DCGM_FI_DEV_GPU_UTIL{{run="{HARDWARE_RUN}"}}) == {HARDWARE_GPUS}',
+                f'max(trainsim_step_duration_seconds_count{{run="{HARDWARE_RUN}"}}) > 0',
                 "max(trainsim_run_restarts_total) > 0",
                 f'count(trainsim_alert_active{{run="{DIVERGING_RUN}", alert="divergence"}} == 1)',
                 f'count(ALERTS{{alertname=~"Trainsim.+", alertstate="firing", '
@@ -597,35 +696,76 @@ def _run(live: Stack, expr: str, instant: bool) -> list[dict[str, Any]]:
 @pytest.mark.realstack
 @pytest.mark.parametrize("query", ALL_QUERIES, ids=lambda q: q.id)
 def test_query_returns_data_on_the_default_config(live: Stack, query: Query) -> None:
-    """Every panel and annotation query, for the diverging run (the one that lights up all)."""
-    expr = _substitute(query.expr, _variable_values(query.dashboard, DIVERGING_RUN), live)
+    """Every panel and annotation query, for the diverging run (the one that lights up all);
+    the Hardware row's for the hardware run."""
+    run = HARDWARE_RUN if query.hardware else DIVERGING_RUN
+    expr = _substitute(query.expr, _variable_values(query.dashboard, run), live)
     result = _run(live, expr, query.instant)
     assert result, f"no data for {expr!r}"
 
 
 @pytest.mark.realstack
-@pytest.mark.parametrize("run", [r for r in DEFAULT_RUNS if r != DIVERGING_RUN])
+@pytest.mark.parametrize("run", [r for r in LIVE_RUNS if r != DIVERGING_RUN])
 def test_run_detail_queries_are_accepted_for_every_run(live: Stack, run: str) -> None:
-    """Healthy runs legitimately have no alerts; their queries must still parse and run."""
+    """Healthy runs legitimately have no alerts, runs without hardware no Hardware row; their
+    queries must still parse and run."""
     empty = []
     for query in _queries(ALL_DASHBOARDS["trainsim-run.json"]):
         expr = _substitute(query.expr, _variable_values(query.dashboard, run), live)
         if not _run(live, expr, query.instant):
-            empty.append(query.where)
-    # Without an alert, only the alert annotations may come back empty.
-    assert set(empty) <= {"annotation Alerts firing", "annotation Detector alerts"}, empty
+            empty.append(query)
+    # Without an alert, only the alert annotations may come back empty; without hardware,
+    # the Hardware row's queries too.
+    allowed = {"annotation Alerts firing", "annotation Detector alerts"}
+    unexpected = [q.where for q in empty
+                  if q.where not in allowed and not (q.hardware and run != HARDWARE_RUN)]
+    assert not unexpected, unexpected
+
+
+@pytest.mark.realstack
+def test_step_duration_panel_reads_the_step_interval(live: Stack) -> None:
+    """The hardware run steps every 30 s (simulated): the mean reads 30 s (within a second: a
+    window holding a restart holds its first step, whose duration differs), the quantiles
+    interpolate within the histogram's (25 s, 60 s] bucket (dashboards/README.md)."""
+    row = _rows(ALL_DASHBOARDS["trainsim-run.json"])[HARDWARE_ROW]
+    (panel,) = (p for p in row["panels"] if p["title"] == "Step duration")
+    read = {}
+    for t in panel["targets"]:
+        expr = _substitute(t["expr"], _variable_values("trainsim-run", HARDWARE_RUN), live)
+        (series,) = _run(live, expr, instant=True)
+        read[t["legendFormat"]] = float(series["value"][1])
+    assert (read["p50"], read["p90"]) == (pytest.approx(42.5), pytest.approx(56.5)), read
+    assert read["mean"] == pytest.approx(30.0, abs=1.0), read
+
+
+# The Hardware row's panels that draw one series per GPU.
+PER_GPU_PANELS = ("GPU utilisation", "GPU power", "GPU temperature", "SM clock",
+                  "Framebuffer used", "XID errors")
+
+
+@pytest.mark.realstack
+@pytest.mark.parametrize("title", PER_GPU_PANELS)
+def test_hardware_row_draws_each_gpu_of_the_run_once(live: Stack, title: str) -> None:
+    row = _rows(ALL_DASHBOARDS["trainsim-run.json"])[HARDWARE_ROW]
+    (panel,) = (p for p in row["panels"] if p["title"] == title)
+    (target,) = panel["targets"]
+    expr = _substitute(target["expr"], _variable_values("trainsim-run", HARDWARE_RUN), live)
+    series = _run(live, expr, bool(target.get("instant")))
+    gpus = sorted(s["metric"]["gpu"] for s in series)
+    assert gpus == sorted(str(i) for i in range(HARDWARE_GPUS)), (title, gpus)
+    assert {s["metric"]["run"] for s in series} == {HARDWARE_RUN}, title
 
 
 @pytest.mark.realstack
 @dashboard_files
-def test_run_variable_lists_the_default_runs(live: Stack, name: str) -> None:
+def test_run_variable_lists_the_runs(live: Stack, name: str) -> None:
     variables = {v["name"]: v for v in ALL_DASHBOARDS[name]["templating"]["list"]}
     m = re.fullmatch(r"label_values\((?P<metric>[^,]+),\s*(?P<label>\w+)\)",
                      _variable_query(variables["run"]))
     assert m, _variable_query(variables["run"])
     values = live.api(f"label/{m['label']}/values", **{
         "match[]": m["metric"], "start": f"{live.start:.3f}", "end": f"{live.at:.3f}"})
-    assert set(DEFAULT_RUNS) <= set(values)
+    assert set(LIVE_RUNS) <= set(values)
 
 
 def _lr_comparison_runs(live: Stack, title: str) -> dict[str, set[str]]:
@@ -641,7 +781,7 @@ def _lr_comparison_runs(live: Stack, title: str) -> dict[str, set[str]]:
 @pytest.mark.realstack
 def test_lr_comparison_marks_only_the_diverging_run(live: Stack) -> None:
     drawn = _lr_comparison_runs(live, EXCESS_LOSS_PANEL)
-    assert drawn == {"A": set(DEFAULT_RUNS), "B": {DIVERGING_RUN}}
+    assert drawn == {"A": set(LIVE_RUNS), "B": {DIVERGING_RUN}}
 
 
 @pytest.mark.realstack
@@ -650,7 +790,7 @@ def test_lr_comparison_draws_the_diverged_run_against_the_parameter_panels_right
     """Its w (23.7 on the default config) stays off the axis the oscillating run's jumps
     between 0.6 and 5.5 are read on."""
     drawn = _lr_comparison_runs(live, PARAMETER_PANEL)
-    assert drawn == {"A": set(DEFAULT_RUNS) - {DIVERGING_RUN}, "B": {DIVERGING_RUN}}
+    assert drawn == {"A": set(LIVE_RUNS) - {DIVERGING_RUN}, "B": {DIVERGING_RUN}}
     panel = next(p for p in _panels(ALL_DASHBOARDS["trainsim-lr-comparison.json"])
                  if p["title"] == PARAMETER_PANEL)
     (right,) = (o for o in panel["fieldConfig"]["overrides"]

@@ -13,7 +13,8 @@ from typing import Any
 
 from simulator import landscapes, optimizers, schedules
 from simulator.detectors import Detection
-from simulator.faults.catalogue import FaultSpec, read_fault
+from simulator.faults.catalogue import FAULTS, FaultSpec, read_fault
+from simulator.hardware import HardwareSpec, fault_problem, read_hardware
 from simulator.landscapes import LandscapeSpec, Quadratic
 from simulator.optimizers import OptimizerSpec
 from simulator.schedules import Constant, Schedule
@@ -35,7 +36,8 @@ from simulator.schema.fields import (
 from simulator.schema.loader import LocList, LocMap
 
 RUN_KEYS = ("name", "landscape", "init", "optimizer", "steps", "step_interval", "loop", "seed",
-            "detect", "faults", "schedule", "clip_grad_norm", "gradient_noise", "loss_noise")
+            "detect", "faults", "schedule", "clip_grad_norm", "gradient_noise", "loss_noise",
+            "hardware")
 # What ``defaults:`` and a fleet's templates may set: every run key but the name.
 DEFAULTS_KEYS = tuple(k for k in RUN_KEYS if k != "name")
 
@@ -58,6 +60,7 @@ class RunSpec:
     clip_grad_norm: float | None = None
     gradient_noise: float = 0.0
     loss_noise: float = 0.0
+    hardware: HardwareSpec | None = None
 
     @property
     def dims(self) -> int:
@@ -73,15 +76,19 @@ def _init(value: Any) -> float | tuple[float, ...]:
     return finite(value)
 
 
-def _faults(r: Reader, value: Any, line: int, path: str,
-            step_interval: float) -> tuple[FaultSpec, ...]:
+def _faults(r: Reader, value: Any, line: int, path: str, step_interval: float,
+            hardware: HardwareSpec | None) -> tuple[FaultSpec, ...]:
     if not isinstance(value, LocList):
         r.error(line, path, f"must be a list, got {describe(value)}")
         return ()
     out = []
     for i, item in enumerate(value):
         spec = read_fault(r, item, value.lines[i], f"{path}[{i}]", step_interval)
-        if spec is not None:
+        problem = None if spec is None else fault_problem(FAULTS[spec.kind],
+                                                          spec.all_params(), hardware)
+        if problem is not None:
+            r.error(value.lines[i], f"{path}[{i}]", problem)
+        elif spec is not None:
             out.append(spec)
     return tuple(out)
 
@@ -106,12 +113,16 @@ def read_run(r: Reader, m: LocMap, path: str) -> RunSpec | None:
         optimizer = optimizers.KINDS.fallback()
     detect = Detection.read_mapping(r, *_at(m, path, "detect")) if "detect" in m else Detection()
     step_interval = r.take(m, path, "step_interval", interval, 1.0)
-    faults = _faults(r, *_at(m, path, "faults"), step_interval) if "faults" in m else ()
+    hardware = (read_hardware(r, *_at(m, path, "hardware"), step_interval)
+                if "hardware" in m else None)
+    faults = (_faults(r, *_at(m, path, "faults"), step_interval, hardware)
+              if "faults" in m else ())
     steps = r.take(m, path, "steps", integer(1, MAX_STEPS), 100)
     schedule = (schedules.KINDS.read(r, *_at(m, path, "schedule"), extra=("warmup",),
                                      steps=steps)
                 if "schedule" in m else Constant())
     init = r.take(m, path, "init", _init, 0.0)
+
     dims = landscape.dims
     if isinstance(init, tuple) and len(init) != dims:
         plural = "" if dims == 1 else "s"
@@ -133,5 +144,6 @@ def read_run(r: Reader, m: LocMap, path: str) -> RunSpec | None:
         clip_grad_norm=r.take(m, path, "clip_grad_norm", positive, None),
         gradient_noise=r.take(m, path, "gradient_noise", non_negative, 0.0),
         loss_noise=r.take(m, path, "loss_noise", non_negative, 0.0),
+        hardware=hardware,
     )
     return spec if len(r.issues) == before else None

@@ -36,7 +36,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 
 from simulator import resources
@@ -46,7 +45,7 @@ from simulator.daemon.core import Daemon, DrivenClock, SilentLog
 from simulator.drills.file import Drill, Expectation
 from simulator.drills.scoring import Observations, Scorecard, evaluate
 from simulator.durations import format_prometheus, parse_prometheus
-from simulator.exposition import FAMILIES, layout, sample_values
+from simulator.exposition import FAMILIES, HARDWARE_FAMILIES, layout, sample_values
 from simulator.web.api import fault_from_body
 from simulator.web.client import fault_body
 
@@ -168,7 +167,8 @@ def sample(drill: Drill, interval_ms: int, end_s: float, wanted: set[str] | None
     scrape = drill_scrape()
     count = int(end_s * 1000 // interval_ms) + 1
     out = Sampled(interval_ms, count)
-    families = [f for f in FAMILIES if wanted is None or f.sample_name in wanted]
+    families = [f for f in FAMILIES + HARDWARE_FAMILIES
+                if wanted is None or set(f.sample_names) & wanted]
     prefixes: dict[tuple[str, tuple[str, ...]], str | None] = {}
     pending = sorted(drill.injections, key=lambda i: i.at)
     up = _series("up", dict(scrape.labels))
@@ -184,18 +184,22 @@ def sample(drill: Drill, interval_ms: int, end_s: float, wanted: set[str] | None
         daemon.tick()
         snap = daemon.snapshot
         rows_of = layout(snap)
+        presence = snap.presence
         for fam in families:
+            if fam.name not in rows_of:  # a hardware family of a fleet without hardware
+                continue
             labels, rows = rows_of[fam.name]
             values = sample_values(snap, fam).tolist()
-            present = snap.present[rows].tolist() if len(rows) else []
+            present = presence[rows].tolist() if len(rows) else []
             for lv, value, here in zip(labels, values, present, strict=True):
                 if not here:
                     continue
                 key = (fam.name, lv)
                 if key not in prefixes:
-                    labelled = scrape.series_labels(dict(zip(fam.labels, lv, strict=True)))
+                    sample_name, pairs = fam.sample(lv)
+                    labelled = scrape.series_labels(dict(pairs))
                     prefixes[key] = (None if labelled is None
-                                     else f"{fam.sample_name}{{{labelled}}}")
+                                     else f"{sample_name}{{{labelled}}}")
                 name = prefixes[key]
                 if name is not None:
                     out.put(name, k, value)
@@ -228,7 +232,8 @@ def promtool_number(value: float) -> str:
 
 
 def _same(a: float, b: float) -> bool:
-    return bool(np.float64(a).view(np.int64) == np.float64(b).view(np.int64))
+    """The same float bit for bit (finite values: equal, and -0.0 apart from 0.0)."""
+    return a == b and math.copysign(1.0, a) == math.copysign(1.0, b)
 
 
 def notation(values: Sequence[float | None]) -> str:
@@ -480,7 +485,7 @@ def judge(drill: Drill, rules: Rules, intervals: Intervals, workdir: Path) -> Of
     sampled = sample(drill, intervals.scrape_ms, end_ms / 1000, rules.metric_names())
     pinned = pinned_instants(drill, intervals.evaluation_ms / 1000)
     test = workdir / f"{drill.name}.probe.yml"
-    test.write_text(yaml.safe_dump(
+    test.write_text(_dump(
         probe_file(rules.paths(), intervals, input_series(sampled), end_ms, pinned),
         sort_keys=False, width=1 << 16))
     res = run_promtool(test)
@@ -598,6 +603,13 @@ def _pinned(exp: Expectation, timeline: dict[float, list[Alert]], injected: floa
             "exp_alerts": [{"exp_labels": literal}]}
 
 
+def _dump(doc: Any, **kwargs: Any) -> str:
+    """YAML text of ``doc`` (libyaml's emitter when PyYAML has it: input series are long)."""
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+    result: str = yaml.dump(doc, Dumper=dumper, **kwargs)
+    return result
+
+
 def _seconds(seconds: float) -> str:
     ms = round(seconds * 1000)
     return format_prometheus(ms) if ms else "0s"
@@ -627,6 +639,6 @@ def emit(drill: Drill, rules: Rules, rules_dir: Path | None, intervals: Interval
               f"at scrape {format_prometheus(intervals.scrape_ms)} and evaluation "
               f"{format_prometheus(intervals.evaluation_ms)}.\n"
               "# Written by `trainsim drill --emit`; run it with `promtool test rules`.\n")
-    target.write_text(header + yaml.safe_dump(doc, sort_keys=False, width=1 << 16))
+    target.write_text(header + _dump(doc, sort_keys=False, width=1 << 16))
     written.append(target)
     return offline, written

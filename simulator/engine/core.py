@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
-from simulator import detectors, optimizers, rng
+from simulator import detectors, hardware, optimizers, rng
 from simulator.arrays import U64, Bools, Counts, Floats, Index, Ints
 from simulator.config.run import RunSpec
 from simulator.engine.group import Group, group_key, make_groups
@@ -44,8 +44,8 @@ from simulator.engine.window import (
     Blocks,
     StallWindow,
 )
-from simulator.faults.catalogue import FaultSpec
-from simulator.faults.timeline import FaultRecord, FaultTimeline, Modifiers
+from simulator.faults.catalogue import FAULTS, FaultSpec
+from simulator.faults.timeline import FaultRecord, FaultTargetError, FaultTimeline, Modifiers
 from simulator.rng import Stream
 
 __all__ = ["ALERTS", "STATES", "Engine", "Events", "Snapshot"]
@@ -154,6 +154,11 @@ class Engine:
             or [np.zeros(0, np.int64)]).astype(np.int64)
         self._excess_rows: Ints = np.flatnonzero(
             [s.landscape.optimum is not None for s in ss]).astype(np.int64)
+        hw = [s.hardware for s in ss]
+        self.hardware = (hardware.Fleet.of(self.names, hw, self.interval)
+                         if any(h is not None for h in hw) else None)
+        self.durations = hardware.StepDurations(len(ss))
+        self._jitter: Floats = np.array([h.step_time_jitter if h else 0.0 for h in hw])
         self.timeline = FaultTimeline(self.row_of, next_fault_id)
         for s in ss:
             for f in s.faults:
@@ -176,7 +181,12 @@ class Engine:
             self._restart_rows(back, t)
 
     def inject(self, run: str, spec: FaultSpec) -> FaultRecord:
-        """Start a fault on ``run`` now (its ``at`` is ignored); returns its record."""
+        """Start a fault on ``run`` now (its ``at`` is ignored); returns its record.
+        FaultTargetError if it cannot apply to the run."""
+        problem = hardware.fault_problem(FAULTS[spec.kind], spec.all_params(),
+                                         self.specs[self.row_of[run]].hardware)
+        if problem is not None:
+            raise FaultTargetError(f"run {run!r}: {problem}")
         rec = self.timeline.add(run, spec, self.now, "api")
         self.timeline.rebuild()
         self._faults_changed()
@@ -254,6 +264,8 @@ class Engine:
             diverged=no, converged=conv, stalled=no, oscillating=no,
             state=state_of(conv, no, no, step, self.steps_max[rows])))
         self.window.reset(rows, loss0, grad_norm)
+        if self.hardware is not None:
+            self.durations.reset(rows, at, self.interval[rows])
 
     # ------------------------------------------------------------------ one step of a group
 
@@ -463,6 +475,8 @@ class Engine:
         else:
             self.runs.write(s.rows, new, mask)
         self.window.commit(s.rows, sums, mask)
+        if self.hardware is not None:
+            self._time_steps(g, s, mask)
         if s.opt_state:
             assert g.optimizer is not None
             commit = s.moving if mask is None else s.moving & mask
@@ -472,6 +486,27 @@ class Engine:
                     g.optimizer.state[name][...] = value
                 else:
                     np.copyto(g.optimizer.state[name], value, where=commit[:, None])
+
+    def _time_steps(self, g: Group, s: _Step, mask: Bools | None) -> None:
+        """Each step taken lasted from the moment its previous step fell due to its own (the
+        step interval over the slow-down of the active faults, a pause or hang included),
+        times the run's jitter: the step-duration histogram observes it."""
+        took = ~s.held if mask is None else ~s.held & mask
+        rows = np.flatnonzero(took) + g.start
+        if not rows.size:
+            return
+        # The moment the step fell due: when the run's progress reached it, at this
+        # segment's rate (exactly now for a step due at a fault boundary).
+        r, rate, step = self.runs, self.mods.rate[rows], self.runs.step[rows]
+        behind = r.progress[rows] - step * self.interval[rows]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            moment = self.now - np.where(rate > 0, np.maximum(behind, 0.0) / rate, 0.0)
+        jitter = None
+        if self._jitter[rows].any():
+            z = rng.standard_normal(self.keys[rows], Stream.STEP_TIME,
+                                    self._counter(rows, step), 1)[:, 0]
+            jitter = np.maximum(0.05, 1.0 + self._jitter[rows] * z)
+        self.durations.observe(rows, moment, jitter)
 
     # ------------------------------------------------------------------ time
 
@@ -525,6 +560,7 @@ class Engine:
             # An attempt restarts one interval after its last step (or at that moment after a
             # divergence), whatever the tick.
             r.last_step_time[restart] = t - leftover
+            self.durations.at[restart] = t - leftover
 
     def next_due(self) -> float:
         """Simulated time at which the next step, restart or fault boundary falls due."""
@@ -582,7 +618,20 @@ class Engine:
             validation_loss=frozen(self._validation_loss()),
             excess_rows=frozen(self._excess_rows),
             excess_loss=frozen(self._excess_loss(nan)),
+            hardware=self.hardware,
+            telemetry=self._telemetry(),
         )
+
+    def _telemetry(self) -> hardware.Telemetry | None:
+        """The hardware series now: a job computes while steps fall due and it has not
+        finished (a diverged run's job goes on computing NaN)."""
+        if self.hardware is None:
+            return None
+        r, m = self.runs, self.mods
+        computing = (m.rate > 0) & ~m.absent & (r.step < self.steps_max)
+        return hardware.telemetry(
+            self.hardware, self.durations, r.step.astype(np.float64), ~m.absent, computing,
+            m.rate, m.throttle, m.straggler, m.straggler_factor, m.lost_gpu)
 
     def _excess_loss(self, nan: Bools) -> Floats:
         """The loss above the minimum of the runs whose landscape knows it (NaN while the NaN
@@ -635,6 +684,7 @@ class Engine:
         for name in RunState.names():
             getattr(new.runs, name)[dst] = getattr(self.runs, name)[src]
         new.window.take_over(self.window, src, dst, self.runs.step[src])
+        new.durations.take_over(self.durations, src, dst)
         for s_row, d_row in kept:
             sg, dg = self._group_of(s_row), new._group_of(d_row)
             dg.take_row(d_row - dg.start, sg, s_row - sg.start)

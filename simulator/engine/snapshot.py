@@ -11,6 +11,7 @@ from numpy.typing import NDArray
 from simulator.arrays import Bools, Floats
 from simulator.faults.catalogue import FAULT_KINDS
 from simulator.faults.timeline import FaultEvent
+from simulator.hardware import Fleet, Telemetry
 
 STATES = ("running", "converged", "stalled", "diverged", "finished")
 RUNNING, CONVERGED, STALLED, DIVERGED, FINISHED = range(len(STATES))
@@ -73,9 +74,22 @@ class Snapshot:
     # Loss above the landscape's minimum, for the runs whose landscape knows it, and their rows
     excess_rows: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
     excess_loss: Floats = field(default_factory=lambda: np.zeros(0))
+    # The runs with a hardware block and their GPUs (None: no run has one), and their series
+    hardware: Fleet | None = None
+    telemetry: Telemetry | None = None
 
     def __len__(self) -> int:
         return len(self.names)
+
+    @property
+    def presence(self) -> Bools:
+        """Which series exist, indexed by the rows ``simulator.exposition.layout`` gives: one
+        entry per run (``present``), then, with hardware, one per GPU (its series but the XID
+        one) and one per GPU again (its XID series)."""
+        if self.telemetry is None:
+            return self.present
+        return np.concatenate([self.present, self.telemetry.gpu_present,
+                               self.telemetry.xid_present])
 
     @property
     def excess_loss_by_run(self) -> Floats:

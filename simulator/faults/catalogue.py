@@ -38,6 +38,8 @@ _SHRINK = bounded(0, 1, lo_open=True)
 _SHIFT = bounded(-100, 100)
 _SIGMA = bounded(0, 1e3, lo_open=True)
 _SLOWER = bounded(1, 1e6)
+_THROTTLE = bounded(1, 10)
+_RANK = integer(0, 4095)
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,10 @@ class FaultKind:
     freezes: bool = False  # updates are zero
     nan: bool = False  # the loss and gradient read NaN
     absent: bool = False  # the series vanish; the run restarts when the window ends
+    # Hardware (runs with a ``hardware`` block, simulator.hardware): what the GPUs do.
+    throttles: str | None = None  # every GPU computes this parameter times slower
+    straggles: tuple[str, str] | None = None  # (rank, factor): that rank computes slower
+    loses_gpu: str | None = None  # this parameter's GPU falls off the bus (XID 79)
 
     def param(self, name: str) -> Param:
         """One of the kind's parameters (KeyError if it has no such one)."""
@@ -87,7 +93,8 @@ FAULTS: dict[str, FaultKind] = {k.name: k for k in (
         "nan",
         "from its first step, the step's loss and gradient are NaN: `trainsim_loss` and "
         "`trainsim_gradient_norm` are NaN for the window; the detector marks the run diverged; "
-        "after the window the run holds its last finite values until it restarts",
+        "after the window the run holds its last finite values until it restarts. The GPUs "
+        "carry on computing: their series do not change",
         "`TrainsimLossNotFinite`, `TrainsimRunDiverging`",
         nan=True),
     FaultKind(
@@ -119,26 +126,62 @@ FAULTS: dict[str, FaultKind] = {k.name: k for k in (
         noise=("sigma", "factor")),
     FaultKind(
         "slow_steps",
-        "steps fall due `factor` times less often during the window",
-        "`TrainsimStepRateRegression`",
+        "steps fall due `factor` times less often during the window; the step duration grows "
+        "and throughput, MFU and GPU utilisation fall by `factor`",
+        "`TrainsimStepRateRegression`; with a hardware block `TrainsimStepTimeRegression` and "
+        "`TrainsimThroughputDrop`",
         (_param("factor", 4.0, _SLOWER, "how many times longer a step takes"),),
         slows="factor"),
     FaultKind(
         "hang",
         "the run takes no step during the window: `trainsim_steps_total` and "
         "`trainsim_last_step_timestamp_seconds` freeze, every other series keeps its last "
-        "value; stepping resumes where it stopped",
-        "`TrainsimRunHung`",
+        "value; stepping resumes where it stopped. GPUs idle (utilisation 0, power at idle) "
+        "with their memory still allocated",
+        "`TrainsimRunHung`; with a hardware block `TrainsimGPUsIdle` first",
         stops=True),
     FaultKind(
         # A crash needs a finite window: it ends with the restart.
         "crash",
         "the run's series vanish for the window; when it ends the run restarts from scratch, "
         "as a rescheduled job: `trainsim_steps_total` starts again at 0, "
-        "`trainsim_run_restarts_total` goes up by one",
+        "`trainsim_run_restarts_total` goes up by one; the job's GPU series vanish with it",
         "`TrainsimRunCrashLooping` when it repeats; `TrainsimRunSeriesAbsent` when the window "
         "is long",
         default_duration=30.0, stops=True, absent=True),
+    FaultKind(
+        "dataloader_stall",
+        "each step waits `factor` times as long for its input: the step duration grows, "
+        "throughput, MFU and every GPU's utilisation fall by `factor`; the loss is unaffected "
+        "(runs with a `hardware` block show it in their GPU series)",
+        "`TrainsimThroughputDrop`, `TrainsimStepTimeRegression`; not the loss alerts",
+        (_param("factor", 4.0, _SLOWER, "how many times longer a step waits for its input"),),
+        slows="factor"),
+    FaultKind(
+        "straggler",
+        "one rank (`rank`) computes `factor` times slower and every step waits for it: the "
+        "step duration grows by `factor`; that rank's GPU stays busy while the others idle "
+        "as they wait",
+        "`TrainsimStepTimeRegression`, `TrainsimThroughputDrop`",
+        (_param("factor", 3.0, _SLOWER, "how many times slower the straggling rank computes"),
+         _param("rank", 0, _RANK, "the straggling rank (GPU) of the job")),
+        slows="factor", straggles=("rank", "factor")),
+    FaultKind(
+        "thermal_throttle",
+        "every GPU's SM clock is capped at 1/`factor` of its maximum, its power capped and its "
+        "temperature at the throttle point: each step computes `factor` times longer, "
+        "utilisation stays high",
+        "`TrainsimStepTimeRegression` (where the slower step crosses a histogram bucket bound)",
+        (_param("factor", 1.5, _THROTTLE, "how many times slower the throttled GPUs compute"),),
+        slows="factor", throttles="factor"),
+    FaultKind(
+        "gpu_lost",
+        "GPU `gpu` falls off the bus: it reports XID 79 (`DCGM_FI_DEV_XID_ERRORS`), its other "
+        "series vanish, and the job hangs (no step) for the window, its other GPUs idle",
+        "`TrainsimGPUXidError`; `TrainsimGPUsIdle` and `TrainsimRunHung` follow, muted by it "
+        "in Alertmanager",
+        (_param("gpu", 0, _RANK, "the GPU (rank) that is lost"),),
+        stops=True, loses_gpu="gpu"),
 )}
 FAULT_KINDS = tuple(FAULTS)
 

@@ -28,6 +28,10 @@ from simulator.faults.catalogue import FAULT_KINDS, FAULTS, FaultSpec
 MAX_FAULTS_PER_RUN = 16
 
 
+class FaultTargetError(ValueError):
+    """A fault that cannot apply to the run it targets (a GPU the run does not have)."""
+
+
 class FaultLimitError(ValueError):
     """A run already has ``MAX_FAULTS_PER_RUN`` faults active or to come."""
 
@@ -77,6 +81,12 @@ class Modifiers:
     rate: Floats
     absent: Bools
     any_effect: bool  # False when nothing is active: the engine skips the modifier arithmetic
+    # Hardware: how many times slower every GPU computes (thermal throttle), the straggling
+    # rank and how much slower it computes, the GPU lost (-1: none).
+    throttle: Floats
+    straggler: Ints
+    straggler_factor: Floats
+    lost_gpu: Ints
 
 
 def _effect(spec: FaultSpec, name: str | None, neutral: float) -> float:
@@ -109,6 +119,13 @@ class FaultTable:
         self.freezes = np.array([k.freezes for k in kinds], dtype=np.bool_)
         self.nan = np.array([k.nan for k in kinds], dtype=np.bool_)
         self.absent = np.array([k.absent for k in kinds], dtype=np.bool_)
+        self.throttle = np.array([_effect(s, k.throttles, 1.0) for s, k in both])
+        self.straggler = np.array([int(s.param(k.straggles[0])) if k.straggles else -1
+                                   for s, k in both], dtype=np.int64)
+        self.straggler_factor = np.array([s.param(k.straggles[1]) if k.straggles else 1.0
+                                          for s, k in both])
+        self.lost_gpu = np.array([int(s.param(k.loses_gpu)) if k.loses_gpu else -1
+                                  for s, k in both], dtype=np.int64)
         drift = np.array([k.drifts is not None for k in kinds], dtype=np.bool_)
         self.drift_rows = self.row[drift]
         self.drift_start = self.start[drift]
@@ -145,6 +162,10 @@ class FaultTable:
         nan = np.zeros(n, np.bool_)
         absent = np.zeros(n, np.bool_)
         noise = np.zeros(n)
+        throttle = np.ones(n)
+        straggler = np.full(n, -1, np.int64)
+        straggler_factor = np.ones(n)
+        lost = np.full(n, -1, np.int64)
         if act.any():
             rows = self.row[act]
             np.multiply.at(lr_mult, rows, self.lr[act])
@@ -155,8 +176,16 @@ class FaultTable:
             nan[rows[self.nan[act]]] = True
             absent[rows[self.absent[act]]] = True
             np.add.at(noise, rows, self.noise[act])
+            np.multiply.at(throttle, rows, self.throttle[act])
+            # One straggler and one lost GPU per run at a time: the latest record wins.
+            strag = self.straggler[act] >= 0
+            straggler[rows[strag]] = self.straggler[act][strag]
+            straggler_factor[rows[strag]] = self.straggler_factor[act][strag]
+            gone = self.lost_gpu[act] >= 0
+            lost[rows[gone]] = self.lost_gpu[act][gone]
         any_effect = bool(act.any() or self.drifting_rows.any())
-        return Modifiers(lr_mult, grad_scale, frozen, nan, noise, rate, absent, any_effect)
+        return Modifiers(lr_mult, grad_scale, frozen, nan, noise, rate, absent, any_effect,
+                         throttle, straggler, straggler_factor, lost)
 
     def drift_offset(self, rows: Ints, times: Floats) -> Floats:
         """How far the optimum of each run in ``rows`` has moved by ``times`` (one per row).

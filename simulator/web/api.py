@@ -22,7 +22,7 @@ import numpy as np
 from simulator.arrays import Floats
 from simulator.engine import STATES
 from simulator.faults.catalogue import FAULTS, FaultSpec, read_fault
-from simulator.faults.timeline import FaultLimitError
+from simulator.faults.timeline import FaultLimitError, FaultTargetError
 from simulator.schema.fields import MAX_NAME_LENGTH, NAME_CHARS, Reader, is_name
 from simulator.schema.loader import LocMap
 from simulator.web.auth import ControlSettings, authorize
@@ -131,6 +131,8 @@ class ControlApi:
             response = _error(404, str(exc))
         except FaultLimitError as exc:
             response = _error(409, str(exc))
+        except FaultTargetError as exc:
+            response = _error(422, str(exc))
         except Exception:
             # A bug, not the client's mistake: log it with its traceback, tell the client little.
             self.controller.log.exception("api_request_failed", method=method,
