@@ -332,13 +332,8 @@ def main(o: Options, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     elif card.error is None or began:  # a stack that never started has no scorecard to show
         out.write(render_table(card))
     status = 0 if card.passed else 1
-    if o.junit is not None:
-        try:
-            Path(o.junit).write_text(render_junit(card))
-        except OSError as exc:
-            err.write(f"trainsim: drill: --junit: cannot write {o.junit}: "
-                      f"{exc.strerror or exc}\n")
-            status = 3
+    if o.junit is not None and not _write_junit(o.junit, render_junit(card), err):
+        status = 3
     if card.error is not None:
         err.write(f"trainsim: drill could not run: {' '.join(card.error.split())}\n")
         status = 3
@@ -409,11 +404,16 @@ def main_offline(o: Options, out: TextIO = sys.stdout, err: TextIO = sys.stderr)
     if o.output == "json" and cards:
         docs = [json.loads(render_json(c)) for c in cards]
         out.write(json.dumps(docs[0] if len(docs) == 1 else docs, indent=2) + "\n")
-    if o.junit is not None and cards:
-        try:
-            Path(o.junit).write_text(render_junit_all(cards))
-        except OSError as exc:
-            err.write(f"trainsim: drill: --junit: cannot write {o.junit}: "
-                      f"{exc.strerror or exc}\n")
-            status = 3
+    if o.junit is not None and cards and not _write_junit(o.junit, render_junit_all(cards), err):
+        status = 3
     return status
+
+
+def _write_junit(path: str, report: str, err: TextIO) -> bool:
+    """Write the JUnit report; False, after one line on ``err``, if it cannot be written."""
+    try:
+        Path(path).write_text(report)
+    except OSError as exc:
+        err.write(f"trainsim: drill: --junit: cannot write {path}: {exc.strerror or exc}\n")
+        return False
+    return True
