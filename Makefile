@@ -36,11 +36,11 @@ typecheck:
 pytest:
 	$(BIN)/python -m pytest
 
-# The reference tables of docs/config.md and docs/faults.md, from the code's declarations,
-# docs/quickstart.md, from what its commands print, and the Grafana dashboards' JSON, from
-# dashboards/generate.py (grafana-foundation-sdk, in the test extra).
+# The reference tables of docs/config.md, docs/faults.md and docs/replay.md, from the code's
+# declarations; docs/quickstart.md, from what its commands print; and the Grafana dashboards'
+# JSON, from dashboards/generate.py (grafana-foundation-sdk, in the test extra).
 docs: $(BIN)/python
-	$(BIN)/python -m simulator.reference docs/config.md docs/faults.md
+	$(BIN)/python -m simulator.reference docs/config.md docs/faults.md docs/replay.md
 	$(BIN)/python docs/quickstart.py
 	$(BIN)/python dashboards/generate.py
 

@@ -169,8 +169,11 @@ def layout(snap: Snapshot) -> dict[str, tuple[Labels, Rows]]:
     names = snap.names
     n = len(names)
     every = np.arange(n, dtype=np.int64)
-    out: dict[str, tuple[Labels, Rows]] = {
-        fam.name: ([(nm,) for nm in names], every) for fam, _ in SCALARS}
+    out: dict[str, tuple[Labels, Rows]] = {}
+    for fam, attr in SCALARS:
+        rows_of = snap.rows_of(attr)
+        out[fam.name] = (([(nm,) for nm in names], every) if rows_of is None else
+                         ([(names[r],) for r in rows_of.tolist()], rows_of))
     labels: Labels = []
     rows: list[int] = []
     for first, w in snap.parameters:
@@ -225,7 +228,8 @@ def sample_values(snap: Snapshot, fam: Family) -> NDArray[np.float64]:
     for f, attr in SCALARS:
         if f is fam:
             result: NDArray[np.float64] = getattr(snap, attr)
-            return result
+            rows_of = snap.rows_of(attr)
+            return result if rows_of is None else result[rows_of]
     if fam is VALIDATION_LOSS:
         return snap.validation_loss
     if fam is EXCESS_LOSS:
@@ -304,7 +308,8 @@ class Renderer:
 
     def _layout(self, snap: Snapshot) -> dict[str, tuple[list[str], Rows]]:
         key = (snap.names, snap.fault_pairs, tuple(w.shape for _, w in snap.parameters),
-               snap.landscapes, snap.optimizers, snap.schedules, snap.hardware)
+               snap.landscapes, snap.optimizers, snap.schedules, snap.hardware,
+               tuple((a, r.tobytes()) for a, r in snap.unrecorded))
         if key != self._key:
             self._prefixes = {
                 name: ([_label_prefix(_FAMILY[name], lv) for lv in labels], rows)
@@ -369,6 +374,8 @@ def series_count(snap: Snapshot) -> int:
     present = snap.present
     count = (_FIXED_PER_RUN * int(present.sum()) + int(present[snap.validation_rows].sum())
              + int(present[snap.excess_rows].sum()))
+    for _, skip in snap.unrecorded:
+        count -= int(present[skip].sum())
     for first, w in snap.parameters:
         count += w.shape[1] * int(present[first:first + w.shape[0]].sum())
     if snap.fault_pairs:

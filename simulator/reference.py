@@ -1,7 +1,9 @@
-"""The reference tables of docs/config.md and docs/faults.md, rendered from the declarations.
+"""The reference tables of docs/config.md, docs/faults.md and docs/replay.md, rendered from the
+declarations.
 
 Each table stands in its page between ``<!-- generated: NAME -->`` and ``<!-- end -->``;
-``python -m simulator.reference docs/config.md docs/faults.md`` (``make docs``) rewrites them,
+``python -m simulator.reference docs/config.md docs/faults.md docs/replay.md`` (``make docs``)
+rewrites them,
 and a test checks that the pages hold what the code declares.
 """
 
@@ -15,6 +17,7 @@ from pathlib import Path
 from simulator import landscapes, optimizers, schedules
 from simulator.detectors import Detection
 from simulator.faults.catalogue import FAULTS
+from simulator.replay.spec import Replay
 from simulator.schema.kinds import Kind, Param
 
 _BLOCK_RE = re.compile(r"(<!-- generated: (\w+) -->\n)(.*?)(<!-- end -->)", re.S)
@@ -37,6 +40,8 @@ def default_text(p: Param) -> str:
         return str(p.default).lower()
     if isinstance(p.default, tuple):
         return "[" + ", ".join(_number(v) for v in p.default) + "]"
+    if isinstance(p.default, str):
+        return f"`{p.default}`"
     return "none" if p.default is None else _number(p.default)
 
 
@@ -86,12 +91,27 @@ def faults_table() -> str:
                    for k in FAULTS.values()))
 
 
+def replay_table() -> str:
+    """The keys of a run's ``replay:`` block."""
+    return _table(("key", "default", "range", "meaning"),
+                  ((f"`{p.key}`", default_text(p), range_text(p), p.help)
+                   for p in Replay.params()))
+
+
+def recording_faults_table() -> str:
+    """What each fault kind does to a replay run."""
+    return _table(("kind", "on a replay run"),
+                  ((f"`{k.name}`", k.on_recording) for k in FAULTS.values()))
+
+
 TABLES: dict[str, Callable[[], str]] = {
     "landscapes": lambda: kinds_table(landscapes.KINDS, "formula"),
     "optimizers": lambda: kinds_table(optimizers.KINDS, "update"),
     "schedules": lambda: kinds_table(schedules.KINDS, "lr(t), torch's closed form"),
     "detect": detect_table,
     "faults": faults_table,
+    "replay": replay_table,
+    "recording_faults": recording_faults_table,
 }
 
 

@@ -100,8 +100,8 @@ def test_all_mistakes_are_reported_together_in_line_order() -> None:
         "f.yaml:5: runs[0].step_interval: must be a duration like 250ms, 1s or 2m, got 'fast'",
         "f.yaml:6: runs[0].loop: must be true or false, got str 'yes please'",
         "f.yaml:7: runs[0].colour: unknown key (expected one of: clip_grad_norm, detect, faults, "
-        "gradient_noise, hardware, init, landscape, loop, loss_noise, name, optimizer, schedule, "
-        "seed, step_interval, steps)",
+        "gradient_noise, hardware, init, landscape, loop, loss_noise, name, optimizer, replay, "
+        "schedule, seed, step_interval, steps)",
         "f.yaml:9: runs[1].optimizer.kind: unknown optimizer kind 'lbfgs' (expected one of: sgd, "
         "momentum, nesterov, adam, adamw, rmsprop)",
         "f.yaml:10: runs[2].name: duplicate run name 'ok' (first at line 8)",

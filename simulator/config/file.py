@@ -8,7 +8,7 @@ from typing import Any
 
 from simulator import resources
 from simulator.config.fleet import read_fleet
-from simulator.config.run import DEFAULTS_KEYS, RunSpec, read_run
+from simulator.config.run import DEFAULTS_KEYS, RunSpec, read_run, run_over
 from simulator.schema.errors import ConfigError
 from simulator.schema.fields import Reader, describe, integer
 from simulator.schema.loader import LocList, LocMap, parse_yaml, read_yaml_file
@@ -42,7 +42,7 @@ def _runs(r: Reader, top: LocMap, defaults: LocMap, first_line: dict[str, int]) 
         r.error(top.lines["runs"], "runs", f"must be a non-empty list, got {describe(runs)}")
         return specs
     for path, m in r.mappings(runs, "runs"):
-        spec = read_run(r, m.merged_over(defaults), path)
+        spec = read_run(r, run_over(m, defaults), path)
         name_line = m.lines.get("name", m.line)
         name = m.get("name")
         if isinstance(name, str) and name in first_line:

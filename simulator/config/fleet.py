@@ -22,7 +22,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from simulator import landscapes, rng
-from simulator.config.run import DEFAULTS_KEYS, RunSpec, read_run
+from simulator.config.run import DEFAULTS_KEYS, RunSpec, read_run, run_over
 from simulator.durations import parse_seconds
 from simulator.faults.catalogue import FAULT_KINDS, FAULTS, FaultSpec
 from simulator.rng import FleetStream
@@ -264,7 +264,7 @@ def read_fleet(r: Reader, value: Any, line: int, defaults: LocMap) -> tuple[RunS
     failures = (_failures(r, m["failures"], m.lines["failures"], join(path, "failures"))
                 if "failures" in m else None)
     template = r.section(m, "template", "fleet.template", DEFAULTS_KEYS)
-    base = template.merged_over(defaults)
+    base = run_over(template, defaults)
     variants = _variants(r, m["landscapes"], m.lines["landscapes"]) \
         if "landscapes" in m else []
     if variants and "landscape" in template:

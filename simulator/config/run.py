@@ -13,10 +13,11 @@ from typing import Any
 
 from simulator import landscapes, optimizers, schedules
 from simulator.detectors import Detection
-from simulator.faults.catalogue import FAULTS, FaultSpec, read_fault
+from simulator.faults.catalogue import FAULTS, FaultSpec, read_fault, recording_problem
 from simulator.hardware import HardwareSpec, fault_problem, read_hardware
 from simulator.landscapes import LandscapeSpec, Quadratic
 from simulator.optimizers import OptimizerSpec
+from simulator.replay.spec import Replay, base_dir
 from simulator.schedules import Constant, Schedule
 from simulator.schema.fields import (
     MAX_DIMS,
@@ -37,9 +38,14 @@ from simulator.schema.loader import LocList, LocMap
 
 RUN_KEYS = ("name", "landscape", "init", "optimizer", "steps", "step_interval", "loop", "seed",
             "detect", "faults", "schedule", "clip_grad_norm", "gradient_noise", "loss_noise",
-            "hardware")
+            "hardware", "replay")
 # What ``defaults:`` and a fleet's templates may set: every run key but the name.
 DEFAULTS_KEYS = tuple(k for k in RUN_KEYS if k != "name")
+# The keys of a synthetic run that a replay run (its values come from a recording) has not.
+SYNTHETIC_KEYS = ("landscape", "init", "optimizer", "schedule", "clip_grad_norm",
+                  "gradient_noise", "loss_noise")
+# What a replay run reports as its landscape, optimizer and schedule (trainsim_run_info).
+REPLAY_LABELS = ("replay", "recorded", "recorded")
 
 
 @dataclass(frozen=True)
@@ -67,6 +73,35 @@ class RunSpec:
         """Number of parameters of the run."""
         return len(self.init)
 
+    @property
+    def replays(self) -> bool:
+        """Whether the run replays a recording (``replay:``) instead of a landscape."""
+        return isinstance(self.landscape, Replay)
+
+    @property
+    def labels(self) -> tuple[str, str, str]:
+        """Its landscape, optimizer and schedule, as ``trainsim_run_info`` labels them."""
+        if self.replays:
+            return REPLAY_LABELS
+        return (self.landscape.kind, self.optimizer.kind, self.schedule.label)
+
+    @property
+    def interval(self) -> float:
+        """The time between steps: ``step_interval``, or a timed replay's typical spacing."""
+        if isinstance(self.landscape, Replay):
+            return self.landscape.nominal_interval or self.step_interval
+        return self.step_interval
+
+
+def run_over(m: LocMap, defaults: LocMap) -> LocMap:
+    """A run's mapping merged over ``defaults``; a replay run does not take the keys only a
+    synthetic run has (a file's defaults may set an optimizer for its other runs), nor
+    ``steps``: it plays its whole recording unless it says otherwise itself."""
+    if "replay" in m:
+        defaults = defaults.only(tuple(k for k in defaults
+                                       if k not in (*SYNTHETIC_KEYS, "steps")))
+    return m.merged_over(defaults)
+
 
 def _init(value: Any) -> float | tuple[float, ...]:
     if isinstance(value, LocList):
@@ -76,8 +111,28 @@ def _init(value: Any) -> float | tuple[float, ...]:
     return finite(value)
 
 
+def _steps_default(landscape: LandscapeSpec) -> int:
+    """100 steps, or all of a replay's recording."""
+    if isinstance(landscape, Replay) and landscape.recording is not None:
+        return max(1, landscape.available)
+    return 100
+
+
+def _check_replay_steps(r: Reader, m: LocMap, path: str, replay: Replay, steps: int) -> None:
+    available = replay.available
+    if replay.recording is not None and replay.start >= len(replay.recording):
+        return  # from_step is past its end: said already
+    if available < 1:
+        r.error(m.lines["replay"], join(path, "replay"),
+                "the recording holds a single step from there: nothing to replay")
+    elif "steps" in m and steps > available:
+        r.error(m.lines["steps"], join(path, "steps"),
+                f"the recording holds {available} steps after its first from there "
+                f"(stride {replay.stride}), got {steps}")
+
+
 def _faults(r: Reader, value: Any, line: int, path: str, step_interval: float,
-            hardware: HardwareSpec | None) -> tuple[FaultSpec, ...]:
+            hardware: HardwareSpec | None, replays: bool) -> tuple[FaultSpec, ...]:
     if not isinstance(value, LocList):
         r.error(line, path, f"must be a list, got {describe(value)}")
         return ()
@@ -86,6 +141,8 @@ def _faults(r: Reader, value: Any, line: int, path: str, step_interval: float,
         spec = read_fault(r, item, value.lines[i], f"{path}[{i}]", step_interval)
         problem = None if spec is None else fault_problem(FAULTS[spec.kind],
                                                           spec.all_params(), hardware)
+        if problem is None and spec is not None and replays:
+            problem = recording_problem(spec.kind)
         if problem is not None:
             r.error(value.lines[i], f"{path}[{i}]", problem)
         elif spec is not None:
@@ -104,20 +161,34 @@ def read_run(r: Reader, m: LocMap, path: str) -> RunSpec | None:
     before = len(r.issues)
     r.unknown_keys(m, path, RUN_KEYS)
     run_name = r.take(m, path, "name", name, "", required=True)
-    landscape = (landscapes.KINDS.read(r, *_at(m, path, "landscape"))
-                 if "landscape" in m else Quadratic())
-    if "optimizer" in m:
-        optimizer = optimizers.KINDS.read(r, *_at(m, path, "optimizer"))
-    else:
-        r.error(m.line, join(path, "optimizer"), "required key is missing")
+    landscape: LandscapeSpec
+    if "replay" in m:
+        for key in SYNTHETIC_KEYS:
+            if key in m:
+                r.error(m.lines[key], join(path, key), "a replay run takes its values from its "
+                                                       "recording: it has no " + key)
+        landscape = Replay.read_mapping(r, *_at(m, path, "replay"), base=base_dir(r.source))
         optimizer = optimizers.KINDS.fallback()
+    else:
+        landscape = (landscapes.KINDS.read(r, *_at(m, path, "landscape"))
+                     if "landscape" in m else Quadratic())
+        if "optimizer" in m:
+            optimizer = optimizers.KINDS.read(r, *_at(m, path, "optimizer"))
+        else:
+            r.error(m.line, join(path, "optimizer"), "required key is missing")
+            optimizer = optimizers.KINDS.fallback()
     detect = Detection.read_mapping(r, *_at(m, path, "detect")) if "detect" in m else Detection()
     step_interval = r.take(m, path, "step_interval", interval, 1.0)
     hardware = (read_hardware(r, *_at(m, path, "hardware"), step_interval)
                 if "hardware" in m else None)
-    faults = (_faults(r, *_at(m, path, "faults"), step_interval, hardware)
+    # A fault's at_step and steps count the run's steps (a timed replay's typical spacing).
+    per_step = (landscape.nominal_interval if isinstance(landscape, Replay) else None)
+    faults = (_faults(r, *_at(m, path, "faults"), per_step or step_interval, hardware,
+                      isinstance(landscape, Replay))
               if "faults" in m else ())
-    steps = r.take(m, path, "steps", integer(1, MAX_STEPS), 100)
+    steps = r.take(m, path, "steps", integer(1, MAX_STEPS), _steps_default(landscape))
+    if isinstance(landscape, Replay) and landscape.recording is not None:
+        _check_replay_steps(r, m, path, landscape, steps)
     schedule = (schedules.KINDS.read(r, *_at(m, path, "schedule"), extra=("warmup",),
                                      steps=steps)
                 if "schedule" in m else Constant())

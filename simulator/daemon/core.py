@@ -246,7 +246,7 @@ class Daemon:
         """The run's seconds per step (None for an unknown run)."""
         with self._engine_lock:
             row = self.engine.row_of.get(run)
-            return None if row is None else self.engine.specs[row].step_interval
+            return None if row is None else self.engine.specs[row].interval
 
     def inject(self, run: str, spec: FaultSpec) -> dict[str, Any]:
         """Inject a fault now."""
@@ -308,15 +308,16 @@ class Daemon:
             history = self.history
         assert history is not None
         view = history.entries(run, since)
-        view.update(landscape=spec.landscape.kind, optimizer=spec.optimizer.kind,
+        view.update(landscape=spec.labels[0], optimizer=spec.labels[1],
                     dims=spec.dims, optimum=spec.landscape.optimum,
-                    step_interval=spec.step_interval)
+                    step_interval=spec.interval)
         return view
 
     def landscape_view(self, run: str, lo: Floats, hi: Floats, points: int) -> dict[str, Any]:
         """``run``'s landscape on a grid, and its loss and gradient where the run stands."""
         with self._engine_lock:
-            self._row(run)
+            if self.engine.specs[self._row(run)].replays:
+                raise NotFoundError(f"run {run!r} replays a recording: it has no landscape")
             return views.landscape_view(self.engine, run, lo, hi, points)
 
     def _row(self, run: str) -> int:

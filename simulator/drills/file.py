@@ -1,8 +1,9 @@
 """Drill files: the runs to drill, the faults to inject on their timeline, and what the
 alerting must do.
 
-A drill file names a config (the runs and, as scheduled faults, the injections), which alert
-must reach firing within what budget after each injection, whether it must notify, how soon
+A drill file names a config (the runs and, as scheduled faults, the injections) and the
+incidents its replayed recordings hold, which alert must reach firing within what budget after
+each injection or incident, whether it must notify, how soon
 it must resolve after the fault clears, and which alerts must stay silent. All times in a
 drill file are run time (seconds of the runs' clock); at ``--speed X`` they pass X times faster
 on the wall clock, and the self-contained stack shortens the shipped rules by the same factor
@@ -20,19 +21,22 @@ from typing import Any
 from simulator.config import load_file
 from simulator.durations import parse_prometheus, parse_seconds
 from simulator.schema.errors import ConfigError
-from simulator.schema.fields import Reader, boolean, integer, positive
+from simulator.schema.fields import Reader, boolean, integer, non_negative_duration, positive
 from simulator.schema.loader import LocList, LocMap, read_yaml_file
 
 
 @dataclass(frozen=True)
 class Injection:
-    """A fault injected through the control API at run time ``at``."""
+    """A fault injected through the control API at run time ``at``, or (``recorded``) an
+    incident a replayed recording holds at that time: nothing is sent, the drill's clock for
+    its expectations starts there all the same."""
 
     at: float
     run: str
     kind: str
     duration: float  # seconds of run time; inf: until the drill ends
     params: tuple[tuple[str, float], ...] = ()
+    recorded: bool = False
 
     @property
     def api_duration(self) -> str | None:
@@ -146,13 +150,35 @@ def _interval(value: Any) -> int:
     return ms
 
 
-def _timeline_from_config(path: Path) -> tuple[Injection, ...]:
+def _timeline_from_config(path: Path) -> tuple[tuple[Injection, ...], set[str]]:
     """The scheduled faults of a config, as injections (the daemon gets the config without
-    them, so each happens once, through the API, at the same run time)."""
+    them, so each happens once, through the API, at the same run time); and its replay
+    runs."""
     config = load_file(path)
     out = [Injection(at=f.at, run=run.name, kind=f.kind, duration=f.duration, params=f.params)
            for run in config.runs for f in run.faults]
-    return tuple(sorted(out, key=lambda i: i.at))
+    return tuple(out), {run.name for run in config.runs if run.replays}
+
+
+def _incidents(r: Reader, top: LocMap, replays: set[str]) -> list[Injection]:
+    """The ``incidents`` list: what the config's recordings hold, each at a run time."""
+    items = top.get("incidents", LocList())
+    if not isinstance(items, LocList):
+        r.error(top.lines["incidents"], "incidents", "must be a list")
+        return []
+    out = []
+    for path_i, m in r.mappings(items, "incidents"):
+        r.unknown_keys(m, path_i, ("run", "at", "duration", "summary"))
+        run = r.take(m, path_i, "run", str, "", required=True)
+        if run and run not in replays:
+            have = ", ".join(sorted(replays)) or "none"
+            r.error(m.lines["run"], f"{path_i}.run",
+                    f"must be a replay run of the config (it has: {have})")
+        out.append(Injection(
+            at=r.take(m, path_i, "at", non_negative_duration, 0.0, required=True), run=run,
+            kind=r.take(m, path_i, "summary", str, "recorded incident"),
+            duration=r.take(m, path_i, "duration", _budget, math.inf), recorded=True))
+    return out
 
 
 def is_drill(doc: Any) -> bool:
@@ -173,8 +199,8 @@ def build_drill(doc: Any, p: Path) -> Drill:
     top = r.mapping(doc, getattr(doc, "line", 1), "")
     if top is None:
         raise ConfigError(r.issues)
-    r.unknown_keys(top, "", ("drill", "config", "speed", "expect", "silent", "scrape_interval",
-                             "evaluation_interval"))
+    r.unknown_keys(top, "", ("drill", "config", "speed", "incidents", "expect", "silent",
+                             "scrape_interval", "evaluation_interval"))
     name = r.take(top, "", "drill", str, p.stem)
     speed = r.take(top, "", "speed", positive, 20.0)
     config = r.take(top, "", "config", lambda v: (p.parent / str(v)).resolve(), None,
@@ -182,11 +208,16 @@ def build_drill(doc: Any, p: Path) -> Drill:
     injections: tuple[Injection, ...] = ()
     if config is not None:
         try:
-            injections = _timeline_from_config(config)
+            scheduled, replays = _timeline_from_config(config)
+            # One timeline, in run-time order: the faults to inject and the recordings'
+            # incidents; an expectation's ``fault`` is an index into it.
+            injections = tuple(sorted((*scheduled, *_incidents(r, top, replays)),
+                                      key=lambda i: i.at))
         except ConfigError as exc:
             r.error(top.lines["config"], "config", f"invalid config: {exc.issues[0]}")
         if not injections and not r.issues:
-            r.error(top.lines["config"], "config", "the config schedules no fault to inject")
+            r.error(top.lines["config"], "config", "the config schedules no fault to inject "
+                                                   "(and the drill lists no incident)")
     expectations = _expectations(r, top, len(injections))
     silent = _silences(r, top)
     scrape = r.take(top, "", "scrape_interval", _interval, None)

@@ -170,7 +170,7 @@ def sample(drill: Drill, interval_ms: int, end_s: float, wanted: set[str] | None
     families = [f for f in FAMILIES + HARDWARE_FAMILIES
                 if wanted is None or set(f.sample_names) & wanted]
     prefixes: dict[tuple[str, tuple[str, ...]], str | None] = {}
-    pending = sorted(drill.injections, key=lambda i: i.at)
+    pending = sorted((i for i in drill.injections if not i.recorded), key=lambda i: i.at)
     up = _series("up", dict(scrape.labels))
     for k in range(count):
         now = k * interval_ms / 1000

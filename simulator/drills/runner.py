@@ -70,13 +70,18 @@ class Endpoints:
 
 
 def _strip_faults(config: Path, target: Path) -> None:
-    """Write ``config`` without its scheduled faults (the drill injects them)."""
+    """Write ``config`` without its scheduled faults (the drill injects them), its recordings
+    named where they are (``target`` is elsewhere)."""
     doc = yaml.safe_load(config.read_text())
-    for run in doc.get("runs", []):
+    fleet = doc.get("fleet")
+    template = fleet.get("template") if isinstance(fleet, dict) else None
+    for run in [*doc.get("runs", []), doc.get("defaults"), template]:
+        if not isinstance(run, dict):
+            continue
         run.pop("faults", None)
-    for key in ("defaults",):
-        if isinstance(doc.get(key), dict):
-            doc[key].pop("faults", None)
+        replay = run.get("replay")
+        if isinstance(replay, dict) and isinstance(replay.get("file"), str):
+            replay["file"] = str((config.parent / replay["file"]).resolve())
     target.write_text(yaml.safe_dump(doc, sort_keys=False))
 
 
@@ -171,6 +176,9 @@ def watch(drill: Drill, endpoints: Endpoints, obs: Observations, start: float,
         now = clock() - start
         while pending and drill.injections[pending[0][0]].at / speed <= now:
             i, inj = pending.pop(0)
+            if inj.recorded:  # the recording holds it: nothing to send
+                obs.injected[i] = clock() - start
+                continue
             try:
                 api.inject(inj.run, inj.kind, duration=inj.api_duration,
                            params=dict(inj.params))

@@ -44,8 +44,9 @@ from simulator.engine.window import (
     Blocks,
     StallWindow,
 )
-from simulator.faults.catalogue import FAULTS, FaultSpec
+from simulator.faults.catalogue import FAULTS, FaultSpec, recording_problem
 from simulator.faults.timeline import FaultRecord, FaultTargetError, FaultTimeline, Modifiers
+from simulator.replay.spec import RecordedLandscape
 from simulator.rng import Stream
 
 __all__ = ["ALERTS", "STATES", "Engine", "Events", "Snapshot"]
@@ -82,6 +83,22 @@ def _row_dot(x: Floats, y: Floats) -> Floats:
         return result
     result = np.einsum("ij,ij->i", x, y)
     return result
+
+
+def _unrecorded(groups: Sequence[Group]) -> tuple[tuple[str, Ints], ...]:
+    """The per-run series replay runs do not have: a gradient norm or learning rate their file
+    does not record, and the update norm (a recording holds no parameters)."""
+    missing: dict[str, list[Ints]] = {"gradient_norm": [], "learning_rate": [],
+                                      "update_norm": []}
+    for g in groups:
+        if isinstance(g.landscape, RecordedLandscape):
+            rows = np.arange(g.start, g.stop, dtype=np.int64)
+            rec = g.landscape.recording
+            missing["update_norm"].append(rows)
+            for attr in ("gradient_norm", "learning_rate"):
+                if getattr(rec, attr) is None:
+                    missing[attr].append(rows)
+    return tuple((attr, np.concatenate(parts)) for attr, parts in missing.items() if parts)
 
 
 @dataclass
@@ -137,16 +154,20 @@ class Engine:
         self.specs: tuple[RunSpec, ...] = tuple(specs[i] for i in order)
         ss = self.specs
         self.names = tuple(s.name for s in ss)
-        self._labels = (tuple(s.landscape.kind for s in ss), tuple(s.optimizer.kind for s in ss),
-                        tuple(s.schedule.label for s in ss))
+        self._labels = (tuple(s.labels[0] for s in ss), tuple(s.labels[1] for s in ss),
+                        tuple(s.labels[2] for s in ss))
         self.row_of = {name: i for i, name in enumerate(self.names)}
         self.now = now
-        self.interval: Floats = np.array([s.step_interval for s in ss], dtype=np.float64)
+        self.interval: Floats = np.array([s.interval for s in ss], dtype=np.float64)
         self.steps_max: Ints = np.array([s.steps for s in ss], dtype=np.int64)
         self.loop: Bools = np.array([s.loop for s in ss], dtype=np.bool_)
         self.th = detectors.Thresholds([s.detect for s in ss])
         self.keys = np.array([rng.run_key(s.seed, s.name) for s in ss], dtype=np.uint64)
         self.groups = make_groups(ss, self.keys)
+        self._unrecorded = _unrecorded(self.groups)
+        # Replays whose steps fall due at their recording's own times.
+        self._timed = [g for g in self.groups
+                       if isinstance(g.landscape, RecordedLandscape) and g.landscape.timed]
         self.runs = RunState.zeros(len(ss))
         self.window = StallWindow(len(ss), int(self.th.half.max()) if ss else 0)
         self._validation_rows: Ints = np.concatenate(
@@ -183,8 +204,10 @@ class Engine:
     def inject(self, run: str, spec: FaultSpec) -> FaultRecord:
         """Start a fault on ``run`` now (its ``at`` is ignored); returns its record.
         FaultTargetError if it cannot apply to the run."""
-        problem = hardware.fault_problem(FAULTS[spec.kind], spec.all_params(),
-                                         self.specs[self.row_of[run]].hardware)
+        target = self.specs[self.row_of[run]]
+        problem = hardware.fault_problem(FAULTS[spec.kind], spec.all_params(), target.hardware)
+        if problem is None and target.replays:
+            problem = recording_problem(spec.kind)
         if problem is not None:
             raise FaultTargetError(f"run {run!r}: {problem}")
         rec = self.timeline.add(run, spec, self.now, "api")
@@ -299,6 +322,9 @@ class Engine:
         if g.clip is not None:
             grad = optimizers.clip_grad_norm(grad, r.grad_norm[rows], g.clip)
         s.opt_state = {}
+        if isinstance(g.landscape, RecordedLandscape):
+            self._replay_step(g, s)
+            return
         if g.optimizer is None:  # plain SGD: the seed's arithmetic, nothing else
             direction = grad
         else:
@@ -308,15 +334,40 @@ class Engine:
             direction, s.opt_state = g.optimizer.step(grad, w)
         s.dw = direction * (-s.lr * s.moving)[:, None]
         s.z = g.z + s.dw
-        s.step = r.step[rows] + ~held
-        # The moment of simulated time at which step k fell due.
-        s.stepped_at = np.where(held, r.last_step_time[rows],
-                                self.now - r.progress[rows] + s.step * self.interval[rows])
+        self._step_and_moment(g, s)
         s.drift = r.drift[rows]
         if mods is not None and self.timeline.table.drifting_rows[rows].any():
             target = self.timeline.table.drift_offset(np.arange(g.start, g.stop), s.stepped_at)
             s.drift = np.where(held, s.drift, target)
             s.z -= (s.drift - r.drift[rows])[:, None]
+
+    def _step_and_moment(self, g: Group, s: _Step) -> None:
+        """The step each run reaches and the moment of simulated time it fell due."""
+        r = self.runs
+        s.step = r.step[s.rows] + ~s.held
+        due = self._step_times(g, s.step, slice(None))
+        s.stepped_at = np.where(s.held, r.last_step_time[s.rows],
+                                self.now - r.progress[s.rows] + due)
+
+    def _replay_step(self, g: Group, s: _Step) -> None:
+        """A replay run moves one row on in its recording (none while frozen), and takes the
+        learning rate recorded there; its update is what plain SGD would take with the
+        recorded gradient norm, |dw| = lr |g|, which the stall and oscillation detectors
+        read."""
+        ls = g.landscape
+        assert isinstance(ls, RecordedLandscape)
+        s.z = g.z + s.moving[:, None]
+        s.lr = ls.learning_rate(s.z, slice(None))
+        s.dw = np.zeros_like(g.grad)
+        self._step_and_moment(g, s)
+        s.drift = self.runs.drift[s.rows]
+
+    def _step_times(self, g: Group, steps: Ints, local: Index) -> Floats:
+        """The progress at which each member's step ``steps`` falls due."""
+        if isinstance(g.landscape, RecordedLandscape) and g.landscape.timed:
+            return g.landscape.step_times(steps, local)
+        result: Floats = steps * self.interval[g.fleet_rows(local)]
+        return result
 
     def _observe(self, g: Group, s: _Step) -> None:
         """The loss and gradient where the update landed, as the faults make them look."""
@@ -330,6 +381,7 @@ class Engine:
             if sigma.any():
                 s.grad += sigma[:, None] * rng.standard_normal(
                     self.keys[rows], Stream.NOISE_BURST, self._counter(rows, s.step), g.dims)
+            s.loss = s.loss * mods.loss_mult[rows]
             nan = mods.nan[rows]
             if nan.any():
                 s.loss = np.where(nan, np.nan, s.loss)
@@ -498,7 +550,7 @@ class Engine:
         # The moment the step fell due: when the run's progress reached it, at this
         # segment's rate (exactly now for a step due at a fault boundary).
         r, rate, step = self.runs, self.mods.rate[rows], self.runs.step[rows]
-        behind = r.progress[rows] - step * self.interval[rows]
+        behind = r.progress[rows] - self._times_at(step, rows)
         with np.errstate(divide="ignore", invalid="ignore"):
             moment = self.now - np.where(rate > 0, np.maximum(behind, 0.0) / rate, 0.0)
         jitter = None
@@ -515,8 +567,30 @@ class Engine:
         # Exclusive (up to a fault boundary): they wait, so that the fault starting at that
         # moment applies to them, or, for a hang or crash, stops them.
         eps = np.where(self.mods.rate > 0, _TIME_EPS, -_TIME_EPS) if inclusive else -_TIME_EPS
-        due = np.floor(self.runs.progress / self.interval + eps).astype(np.int64)
+        progress = self.runs.progress
+        due = np.floor(progress / self.interval + eps).astype(np.int64)
+        if self._timed:
+            ahead: Floats = progress + eps * self.interval
+            for g in self._timed:
+                ls = g.landscape
+                assert isinstance(ls, RecordedLandscape)
+                due[g.rows] = ls.due_steps(ahead[g.rows], slice(None))
         return np.minimum(due, self.steps_max)
+
+    def _times_at(self, steps: Ints, rows: Ints | None = None) -> Floats:
+        """The progress at which each run (of ``rows``; all by default) reaches ``steps``:
+        ``steps * step_interval``, or the recording's own time for a timed replay."""
+        out: Floats = steps * (self.interval if rows is None else self.interval[rows])
+        for g in self._timed:
+            ls = g.landscape
+            assert isinstance(ls, RecordedLandscape)
+            if rows is None:
+                out[g.rows] = ls.step_times(steps[g.rows], slice(None))
+                continue
+            sel = (rows >= g.start) & (rows < g.stop)
+            if sel.any():
+                out[sel] = ls.step_times(steps[sel], rows[sel] - g.start)
+        return out
 
     def advance(self, now: float) -> Events:
         """Bring every run to simulated time ``now`` (seconds); return what changed."""
@@ -539,7 +613,7 @@ class Engine:
         r = self.runs
         r.progress += (t - self.now) * self.mods.rate
         self.now = t
-        period = (self.steps_max + 1) * self.interval
+        period = self._times_at(self.steps_max) + self.interval
         while True:
             due = self._due(inclusive)
             need = (r.step < due) & ~r.diverged
@@ -565,9 +639,9 @@ class Engine:
     def next_due(self) -> float:
         """Simulated time at which the next step, restart or fault boundary falls due."""
         r, rate = self.runs, self.mods.rate
-        next_step = np.where(r.step < self.steps_max, (r.step + 1) * self.interval, np.inf)
+        next_step = np.where(r.step < self.steps_max, self._times_at(r.step + 1), np.inf)
         next_step = np.where(r.diverged, np.inf, next_step)
-        restart = np.where(self.loop, (self.steps_max + 1) * self.interval, np.inf)
+        restart = np.where(self.loop, self._times_at(self.steps_max) + self.interval, np.inf)
         with np.errstate(divide="ignore", invalid="ignore"):
             wait = np.where(rate > 0, (np.minimum(next_step, restart) - r.progress) / rate,
                             np.inf)
@@ -611,7 +685,8 @@ class Engine:
             last_step_timestamp=frozen(wall_epoch + r.last_step_time / speed),
             state=frozen(r.state), alerts=frozen(alerts),
             parameters=tuple((g.start, frozen(self._parameters(g))) for g in self.groups
-                             if g.dims <= MAX_EXPORTED_DIMS),
+                             if g.dims <= MAX_EXPORTED_DIMS
+                             and not isinstance(g.landscape, RecordedLandscape)),
             present=frozen(~self.mods.absent), fault_pairs=self.timeline.pairs,
             fault_active=frozen(active), faults_injected=frozen(injected),
             validation_rows=frozen(self._validation_rows),
@@ -620,6 +695,7 @@ class Engine:
             excess_loss=frozen(self._excess_loss(nan)),
             hardware=self.hardware,
             telemetry=self._telemetry(),
+            unrecorded=self._unrecorded,
         )
 
     def _telemetry(self) -> hardware.Telemetry | None:

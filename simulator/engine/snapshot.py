@@ -77,9 +77,20 @@ class Snapshot:
     # The runs with a hardware block and their GPUs (None: no run has one), and their series
     hardware: Fleet | None = None
     telemetry: Telemetry | None = None
+    # Per-run series some runs do not have (a replay whose file records no gradient norm or
+    # learning rate; no replay has an update norm): the attribute and those runs' rows
+    unrecorded: tuple[tuple[str, NDArray[np.int64]], ...] = ()
 
     def __len__(self) -> int:
         return len(self.names)
+
+    def rows_of(self, attr: str) -> NDArray[np.int64] | None:
+        """The rows that have the per-run series ``attr`` (None: every run)."""
+        for name, skip in self.unrecorded:
+            if name == attr:
+                keep: NDArray[np.int64] = np.setdiff1d(np.arange(len(self)), skip)
+                return keep
+        return None
 
     @property
     def presence(self) -> Bools:

@@ -65,6 +65,11 @@ class FaultKind:
     throttles: str | None = None  # every GPU computes this parameter times slower
     straggles: tuple[str, str] | None = None  # (rank, factor): that rank computes slower
     loses_gpu: str | None = None  # this parameter's GPU falls off the bus (XID 79)
+    scales_loss: str | None = None  # the reported loss is multiplied by this parameter
+    # On a replay run (simulator.replay): what the kind does to a recording, or, when
+    # ``replays`` is False, why it cannot apply to one.
+    on_recording: str = "as on any run"
+    replays: bool = True
 
     def param(self, name: str) -> Param:
         """One of the kind's parameters (KeyError if it has no such one)."""
@@ -81,14 +86,19 @@ FAULTS: dict[str, FaultKind] = {k.name: k for k in (
         "it. A large enough factor makes a healthy run diverge",
         "`TrainsimRunDiverging` (the detector flags the divergence after its rising streak)",
         (_param("factor", 10.0, _FACTOR, "multiplies the learning rate"),),
-        scales_lr="factor"),
+        scales_lr="factor",
+        on_recording="rejected: a recording's loss was logged at its own learning rate and "
+                     "cannot respond to another one (`loss_spike` shows a loss that jumps)",
+        replays=False),
     FaultKind(
         "gradient_explosion",
         "the gradient observed at each step in the window is multiplied: "
         "`trainsim_gradient_norm` jumps, and the next update uses it",
         "`TrainsimGradientNormSpike`; `TrainsimRunDiverging` when the updates blow up",
         (_param("factor", 100.0, _FACTOR, "multiplies the gradient"),),
-        scales_gradient="factor"),
+        scales_gradient="factor",
+        on_recording="the recorded gradient norm is multiplied; the recorded loss does not "
+                     "respond"),
     FaultKind(
         "nan",
         "from its first step, the step's loss and gradient are NaN: `trainsim_loss` and "
@@ -96,7 +106,8 @@ FAULTS: dict[str, FaultKind] = {k.name: k for k in (
         "after the window the run holds its last finite values until it restarts. The GPUs "
         "carry on computing: their series do not change",
         "`TrainsimLossNotFinite`, `TrainsimRunDiverging`",
-        nan=True),
+        nan=True, on_recording="as on any run: the replay holds its last finite row until it "
+                               "restarts"),
     FaultKind(
         "plateau",
         "updates are frozen (the loss is exactly flat) and the observed gradient is scaled by "
@@ -104,7 +115,10 @@ FAULTS: dict[str, FaultKind] = {k.name: k for k in (
         "descending)",
         "`TrainsimRunStalled` (the stall detector trips after one `stall_window`)",
         (_param("factor", 0.01, _SHRINK, "multiplies the observed gradient"),),
-        scales_gradient="factor", freezes=True),
+        scales_gradient="factor", freezes=True,
+        on_recording="the loss is frozen at its value when the window opens (the replay stays "
+                     "on its row) and the recorded gradient norm is scaled; after the window "
+                     "the replay goes on from that row"),
     FaultKind(
         # Signed: the seed's runs approach their optimum from above, so a negative shift moves
         # it away from them and their loss climbs back.
@@ -115,7 +129,10 @@ FAULTS: dict[str, FaultKind] = {k.name: k for k in (
         "so a negative shift moves the optimum away from them",
         "`TrainsimLossRising`",
         (_param("shift", -3.0, _SHIFT, "how far the optimum moves, in every dimension"),),
-        default_duration=60.0, drifts="shift"),
+        default_duration=60.0, drifts="shift",
+        on_recording="rejected: a recording has no optimum to move (`plateau` or "
+                     "`loss_spike` show a loss that stops improving)",
+        replays=False),
     FaultKind(
         "noise_burst",
         "Gaussian noise with standard deviation `sigma * factor` is added to each gradient in "
@@ -123,7 +140,9 @@ FAULTS: dict[str, FaultKind] = {k.name: k for k in (
         "`TrainsimGradientNormSpike`, possibly `TrainsimLossRising`",
         (_param("factor", 10.0, _SIGMA, "multiplies sigma"),
          _param("sigma", 1.0, _SIGMA, "standard deviation of the noise, before factor")),
-        noise=("sigma", "factor")),
+        noise=("sigma", "factor"),
+        on_recording="the noise is added to the recorded gradient norm (its absolute value "
+                     "is exported); the recorded loss does not respond"),
     FaultKind(
         "slow_steps",
         "steps fall due `factor` times less often during the window; the step duration grows "
@@ -182,6 +201,15 @@ FAULTS: dict[str, FaultKind] = {k.name: k for k in (
         "in Alertmanager",
         (_param("gpu", 0, _RANK, "the GPU (rank) that is lost"),),
         stops=True, loses_gpu="gpu"),
+    FaultKind(
+        "loss_spike",
+        "the loss reported at each step in the window reads `factor` times its value, as "
+        "after a bad batch or a corrupted shard; the parameters do not see it, so the loss "
+        "falls back when the window ends",
+        "`TrainsimRunDiverging` when the spike lasts beyond the detector's rising streak; "
+        "`TrainsimLossRising` ignores a short one by design",
+        (_param("factor", 10.0, _FACTOR, "multiplies the reported loss"),),
+        scales_loss="factor"),
 )}
 FAULT_KINDS = tuple(FAULTS)
 
@@ -207,6 +235,13 @@ class FaultSpec:
 
 
 _TIMING = ("at", "at_step", "duration", "steps")
+
+
+def recording_problem(kind: str) -> str | None:
+    """Why a fault of ``kind`` cannot apply to a replay run (None: it can)."""
+    fault = FAULTS[kind]
+    return None if fault.replays else (f"{kind} cannot apply to a replay run: "
+                                       + fault.on_recording.removeprefix("rejected: "))
 
 
 def read_fault(r: Reader, value: Any, line: int, path: str, step_interval: float,

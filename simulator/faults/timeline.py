@@ -87,6 +87,7 @@ class Modifiers:
     straggler: Ints
     straggler_factor: Floats
     lost_gpu: Ints
+    loss_mult: Floats  # the reported loss is multiplied (loss_spike)
 
 
 def _effect(spec: FaultSpec, name: str | None, neutral: float) -> float:
@@ -112,6 +113,7 @@ class FaultTable:
         self.end = np.array([r.end for r in records], dtype=np.float64)
         self.lr = np.array([_effect(s, k.scales_lr, 1.0) for s, k in both])
         self.grad = np.array([_effect(s, k.scales_gradient, 1.0) for s, k in both])
+        self.loss = np.array([_effect(s, k.scales_loss, 1.0) for s, k in both])
         self.rate = np.array([1.0 / s.param(k.slows) if k.slows else 1.0 for s, k in both])
         self.noise = np.array([math.prod(s.param(p) for p in k.noise) if k.noise else 0.0
                                for s, k in both])
@@ -166,10 +168,12 @@ class FaultTable:
         straggler = np.full(n, -1, np.int64)
         straggler_factor = np.ones(n)
         lost = np.full(n, -1, np.int64)
+        loss_mult = np.ones(n)
         if act.any():
             rows = self.row[act]
             np.multiply.at(lr_mult, rows, self.lr[act])
             np.multiply.at(grad_scale, rows, self.grad[act])
+            np.multiply.at(loss_mult, rows, self.loss[act])
             np.multiply.at(rate, rows, self.rate[act])
             rate[rows[self.stops[act]]] = 0.0
             frozen[rows[self.freezes[act]]] = True
@@ -185,7 +189,7 @@ class FaultTable:
             lost[rows[gone]] = self.lost_gpu[act][gone]
         any_effect = bool(act.any() or self.drifting_rows.any())
         return Modifiers(lr_mult, grad_scale, frozen, nan, noise, rate, absent, any_effect,
-                         throttle, straggler, straggler_factor, lost)
+                         throttle, straggler, straggler_factor, lost, loss_mult)
 
     def drift_offset(self, rows: Ints, times: Floats) -> Floats:
         """How far the optimum of each run in ``rows`` has moved by ``times`` (one per row).
