@@ -31,12 +31,14 @@ import structlog
 
 from simulator import __version__, backfill, logs, scaffold
 from simulator.config import ConfigError, build_config
+from simulator.config.run import RunSpec
 from simulator.config.shards import Shard, parse_shard, shard_config
 from simulator.daemon import serve
 from simulator.drills import runner
 from simulator.drills.file import build_drill, is_drill
 from simulator.durations import parse_prometheus
 from simulator.faults.catalogue import FAULT_KINDS
+from simulator.replay import Recording, Replay
 from simulator.schema.errors import UsageError
 from simulator.schema.loader import read_yaml_file
 from simulator.web import client, webhook
@@ -435,14 +437,36 @@ def _checked(path: str, shard: Shard | None) -> list[str]:
     doc = read_yaml_file(path)
     if is_drill(doc):
         d = build_drill(doc, Path(path))
-        return [f"{path}: ok (drill {d.name}: {_count(len(d.injections), 'injection')}, "
+        incidents = sum(i.recorded for i in d.injections)
+        timeline = [_count(len(d.injections) - incidents, "injection")]
+        if incidents:
+            timeline.append(_count(incidents, "incident"))
+        return [f"{path}: ok (drill {d.name}: {', '.join(timeline)}, "
                 f"{_count(len(d.expectations), 'expectation')})"]
     cfg = build_config(doc, str(Path(path)))
     if shard is None:
-        return [f"{path}: ok ({len(cfg.runs)} runs)"]
+        return [f"{path}: ok ({len(cfg.runs)} runs)", *_recordings(cfg.runs)]
     held = shard_config(cfg, shard).runs
     return [f"{path}: ok ({len(cfg.runs)} runs; shard {shard} holds {len(held)})",
             *(spec.name for spec in held)]
+
+
+def _recordings(runs: Sequence[RunSpec]) -> list[str]:
+    """One line per recording the runs replay: what was read from it, and by which runs."""
+    by_recording: dict[Recording, list[RunSpec]] = {}
+    for spec in runs:
+        if isinstance(spec.landscape, Replay) and spec.landscape.recording is not None:
+            by_recording.setdefault(spec.landscape.recording, []).append(spec)
+    out = []
+    for rec, specs in by_recording.items():
+        read = ", ".join(f"{metric} <- {name!r}" for metric, name in rec.columns)
+        timed = any(isinstance(s.landscape, Replay) and s.landscape.timed for s in specs)
+        paced = "its own times" if timed else "step_interval"
+        out.append(f"  {rec.source}: {_count(len(rec), 'row')} (recorded steps "
+                   f"{int(rec.steps[0])} to {int(rec.steps[-1])}); {read}; paced by {paced}; "
+                   f"replayed by {', '.join(s.name for s in specs[:5])}"
+                   + (f" and {len(specs) - 5} more" if len(specs) > 5 else ""))
+    return out
 
 
 def _count(n: int, noun: str) -> str:

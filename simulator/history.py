@@ -22,10 +22,10 @@ from simulator.arrays import Ints
 from simulator.engine import ALERTS, STATES, Snapshot
 from simulator.faults.catalogue import FAULT_KINDS
 
-# Entries per run by default, and across the whole fleet at most. An entry is 77 bytes, plus 8
+# Entries per run by default, and across the whole fleet at most. An entry is 85 bytes, plus 8
 # a parameter for the path of runs of at most 8 parameters (as wide as the widest of them): for
-# the seed's runs 85 bytes, 600 entries 50 KiB a run; a fleet of 10,000 1-D runs keeps 50
-# entries each (about 41 MiB in all).
+# the seed's runs 93 bytes, 600 entries 55 KiB a run; a fleet of 10,000 1-D runs keeps 50
+# entries each (about 44 MiB in all).
 DEFAULT_ENTRIES = 600
 FLEET_ENTRIES = 500_000
 # Parameters are kept for the runs whose parameters are exported (at most MAX_EXPORTED_DIMS):
@@ -33,7 +33,7 @@ FLEET_ENTRIES = 500_000
 # The exported float series kept, by their name in the API, and the snapshot field of each.
 FLOATS = (("step", "steps"), ("time", "last_step_timestamp"), ("attempt", "restarts"),
           ("loss", "loss"), ("excess_loss", "excess_loss_by_run"),
-          ("gradient_norm", "gradient_norm"),
+          ("validation_loss", "validation_loss_by_run"), ("gradient_norm", "gradient_norm"),
           ("learning_rate", "learning_rate"), ("update_norm", "update_norm"),
           ("parameter_absmax", "parameter_absmax"))
 _ALERT_BITS = (1 << np.arange(len(ALERTS))).astype(np.uint8)

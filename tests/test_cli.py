@@ -67,8 +67,12 @@ def test_version_and_run_help() -> None:
 def test_validate_checks_every_shipped_file_whatever_its_kind() -> None:
     res = _trainsim("validate", *map(str, SHIPPED_YAML))
     assert res.returncode == 0, res.stderr
-    said = dict(line.split(": ok ", 1) for line in res.stdout.splitlines())
+    lines = res.stdout.splitlines()
+    said = dict(line.split(": ok ", 1) for line in lines if not line.startswith("  "))
     assert set(said) == {str(p) for p in SHIPPED_YAML}
+    # Under a config, one indented line per recording its runs replay.
+    recordings = [line for line in lines if line.startswith("  ")]
+    assert len(recordings) == 4 and all("/recordings/digits-" in r for r in recordings)
     drills = {p for p in said if "/drills/" in p}
     assert drills and all(said[p].startswith("(drill ") for p in drills)
     assert all(said[p].endswith(" runs)") for p in said if p not in drills)

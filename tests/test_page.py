@@ -131,6 +131,30 @@ def test_a_fault_injected_from_the_page_makes_the_run_diverge_there(
     assert p.problems == []
 
 
+def test_a_replay_run_is_drawn_from_its_recording_and_offered_the_faults_it_can_take(
+        daemon_factory: Any, page_on: Any, write_config: Any) -> None:
+    recordings = Path(__file__).resolve().parent.parent / "configs" / "recordings"
+    d = daemon_factory(write_config(
+        "runs:\n  - name: healthy\n    step_interval: 1s\n"
+        f"    replay: {{file: {recordings / 'digits-healthy.csv'}}}\n"), speed=30.0)
+    p = page_on(d.url)
+    page = p.page
+    page.wait_for_function("document.getElementById('focus-name').textContent === 'healthy'")
+    page.wait_for_function("document.getElementById('picture-caption').textContent"
+                           ".startsWith('replayed from its recording: the training loss "
+                           "(solid) and the last validation loss (dashed)')", timeout=20_000)
+    assert page.locator("#chart-picture canvas").count() == 1
+    disabled = page.eval_on_selector_all("#fault-kind option",
+                                         "os => os.filter(o => o.disabled).map(o => o.value)")
+    assert disabled == ["lr_spike", "drift"]
+    page.select_option("#fault-kind", "loss_spike")
+    page.fill("#fault-duration", "10s")
+    page.click("#break button[type='submit']")
+    page.wait_for_function("document.getElementById('message').textContent"
+                           ".startsWith('Injected loss_spike into healthy')")
+    assert p.problems == []
+
+
 def test_the_page_asks_for_the_token_and_keeps_it_for_the_tab(
         daemon_factory: Any, page_on: Any, tmp_path: Path) -> None:
     token = tmp_path / "token"

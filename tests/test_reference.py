@@ -13,7 +13,7 @@ from simulator.faults.catalogue import FAULTS
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize("page", ["config.md", "faults.md"])
+@pytest.mark.parametrize("page", ["config.md", "faults.md", "replay.md"])
 def test_the_generated_tables_in_the_docs_are_up_to_date(page: str) -> None:
     text = (REPO / "docs" / page).read_text()
     assert "<!-- generated: " in text

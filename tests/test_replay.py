@@ -4,12 +4,14 @@ with its FILE:LINE."""
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ from simulator.exposition import Renderer, series_count
 from simulator.faults.timeline import FaultTargetError
 from simulator.web.api import fault_from_body
 from tests.conftest import need_binary, wait_for
+from tests.test_hardware import scrape
 
 REPO = Path(__file__).resolve().parent.parent
 RECORDINGS = REPO / "configs" / "recordings"
@@ -53,14 +56,6 @@ def run_series(path: Path, seconds: int, run: str = "rec") -> list[tuple[int, fl
 def validate(path: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "simulator", "validate", str(path)],
                           capture_output=True, text=True, timeout=60)
-
-
-def scrape(d: Daemon) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    out = {}
-    for fam in text_string_to_metric_families(d.exposition(False, False).decode()):
-        for s in fam.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
 
 
 LOSSES = [2.0 / (k + 1) for k in range(40)]
@@ -523,6 +518,31 @@ def test_a_recording_is_mapped_from_disk_not_held_in_memory(tmp_path: Path) -> N
     rec = load_file(path).runs[0].landscape.recording
     for column in (rec.steps, rec.loss, rec.gradient_norm, rec.learning_rate):
         assert isinstance(column, np.memmap) or isinstance(column.base, np.memmap)
+
+
+def test_a_disk_too_small_for_the_arrays_is_one_line_naming_tmpdir(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    class Full:
+        """A temporary file on a full disk."""
+
+        def write(self, data: bytes) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def flush(self) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+    from simulator.replay import recording
+    monkeypatch.setattr(recording.tempfile, "TemporaryFile", Full)
+    path = config(tmp_path, {"r.csv": simple_csv()}, "  - name: rec\n    replay: {file: r.csv}\n")
+    with pytest.raises(ConfigError) as exc:
+        load_file(path)
+    assert str(exc.value) == (
+        f"{tmp_path / 'r.csv'}: no room for its arrays in {tempfile.gettempdir()} (No space "
+        f"left on device): set TMPDIR to a larger disk (the recording of runs[0].replay, "
+        f"{path}:3)")
 
 
 def test_a_reload_with_a_broken_recording_is_rejected_and_the_runs_keep_running(

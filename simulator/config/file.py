@@ -13,7 +13,7 @@ from simulator.schema.errors import ConfigError
 from simulator.schema.fields import Reader, describe, integer
 from simulator.schema.loader import LocList, LocMap, parse_yaml, read_yaml_file
 
-# The most history entries a run may keep (69 to 85 bytes each).
+# The most history entries a run may keep (85 to 149 bytes each).
 MAX_HISTORY = 100_000
 TOP_KEYS = ("defaults", "runs", "fleet", "series_limit", "history")
 

@@ -25,6 +25,7 @@ from simulator.engine import Engine, Events, Snapshot
 from simulator.exposition import Exposition, series_count
 from simulator.faults.catalogue import FaultSpec
 from simulator.history import History, default_capacity
+from simulator.replay import Replay
 from simulator.web import views
 from simulator.web.api import NotFoundError
 
@@ -308,6 +309,13 @@ class Daemon:
             history = self.history
         assert history is not None
         view = history.entries(run, since)
+        if isinstance(spec.landscape, Replay) and spec.landscape.recording is not None:
+            # What /metrics does not export for a replay run is null here too.
+            columns = view["columns"]
+            rec = spec.landscape.recording
+            for name in ("update_norm", "parameter_absmax", "gradient_norm", "learning_rate"):
+                if name in ("update_norm", "parameter_absmax") or getattr(rec, name) is None:
+                    columns[name] = [None] * len(columns["seq"])
         view.update(landscape=spec.labels[0], optimizer=spec.labels[1],
                     dims=spec.dims, optimum=spec.landscape.optimum,
                     step_interval=spec.interval)

@@ -242,7 +242,8 @@ def _expectations(r: Reader, top: LocMap, injected: int) -> tuple[Expectation, .
         fault = r.take(m, path_i, "fault", integer(0, 10_000), 0)
         if injected and not 0 <= fault < injected:
             r.error(m.lines.get("fault", m.line), f"{path_i}.fault",
-                    f"must name one of the {injected} injected faults (0-based)")
+                    f"must name one of the {injected} faults and incidents of the drill's "
+                    "timeline, in run-time order (0-based)")
             fault = 0
         out.append(Expectation(
             alert=r.take(m, path_i, "alert", str, "", required=True),

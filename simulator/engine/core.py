@@ -46,7 +46,7 @@ from simulator.engine.window import (
 )
 from simulator.faults.catalogue import FAULTS, FaultSpec, recording_problem
 from simulator.faults.timeline import FaultRecord, FaultTargetError, FaultTimeline, Modifiers
-from simulator.replay.spec import RecordedLandscape
+from simulator.replay.spec import RecordedLandscape, Replay
 from simulator.rng import Stream
 
 __all__ = ["ALERTS", "STATES", "Engine", "Events", "Snapshot"]
@@ -162,6 +162,12 @@ class Engine:
         self.steps_max: Ints = np.array([s.steps for s in ss], dtype=np.int64)
         self.loop: Bools = np.array([s.loop for s in ss], dtype=np.bool_)
         self.th = detectors.Thresholds([s.detect for s in ss])
+        # A recording without a gradient norm reads 0 there: it must not pass for converged.
+        no_grad = [i for i, s in enumerate(ss) if isinstance(s.landscape, Replay)
+                   and s.landscape.recording is not None
+                   and s.landscape.recording.gradient_norm is None]
+        self.th.tolerance[no_grad] = -np.inf
+        self.th.release[no_grad] = -np.inf
         self.keys = np.array([rng.run_key(s.seed, s.name) for s in ss], dtype=np.uint64)
         self.groups = make_groups(ss, self.keys)
         self._unrecorded = _unrecorded(self.groups)
@@ -277,8 +283,7 @@ class Engine:
         zero = np.zeros(m, np.int32)
         self.runs.write(rows, Attempt(
             step=step, loss=loss0, grad_norm=grad_norm, param_absmax=_row_absmax(g.w0[local]),
-            lr=(g.base_lr[local] if g.schedules is None
-                else g.schedules.lr(np.zeros(g.stop - g.start, np.int64))[local]),
+            lr=self._first_lr(g, z0, local),
             update_norm=np.zeros(m), drift=np.zeros(m), last_step_time=np.broadcast_to(at, m),
             streak=zero, streak_base=loss0, level=level0, peak=level0, rate_streak=zero,
             cosine=np.zeros(m), flip_streak=zero,
@@ -289,6 +294,15 @@ class Engine:
         self.window.reset(rows, loss0, grad_norm)
         if self.hardware is not None:
             self.durations.reset(rows, at, self.interval[rows])
+
+    def _first_lr(self, g: Group, z0: Floats, local: Index) -> Floats:
+        """The learning rate shown at step 0: the schedule's (or a recording's) first."""
+        if isinstance(g.landscape, RecordedLandscape):
+            return g.landscape.learning_rate(z0, local)
+        if g.schedules is None:
+            result: Floats = g.base_lr[local]
+            return result
+        return g.schedules.lr(np.zeros(g.stop - g.start, np.int64))[local]
 
     # ------------------------------------------------------------------ one step of a group
 
@@ -350,10 +364,11 @@ class Engine:
                                 self.now - r.progress[s.rows] + due)
 
     def _replay_step(self, g: Group, s: _Step) -> None:
-        """A replay run moves one row on in its recording (none while frozen), and takes the
-        learning rate recorded there; its update is what plain SGD would take with the
-        recorded gradient norm, |dw| = lr |g|, which the stall and oscillation detectors
-        read."""
+        """A replay run moves one row on in its recording (none while frozen) and takes the
+        learning rate recorded there. A recording holds no update: the detectors see none, so
+        the stall verdict is the flat-loss test alone (a recorded gradient norm is a
+        minibatch's, too noisy to tell a falling gradient from its noise) and the
+        oscillation verdict never comes."""
         ls = g.landscape
         assert isinstance(ls, RecordedLandscape)
         s.z = g.z + s.moving[:, None]

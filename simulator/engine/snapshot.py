@@ -110,6 +110,13 @@ class Snapshot:
         out[self.excess_rows] = self.excess_loss
         return out
 
+    @property
+    def validation_loss_by_run(self) -> Floats:
+        """The validation loss of every run, NaN for the runs that have none."""
+        out = np.full(len(self), np.nan)
+        out[self.validation_rows] = self.validation_loss
+        return out
+
     def fault_bits(self) -> NDArray[np.uint16]:
         """For each run, one bit per fault kind active on it (bit i: ``FAULT_KINDS[i]``)."""
         bits = np.zeros(len(self), np.uint16)

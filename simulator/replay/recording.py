@@ -20,6 +20,7 @@ The rules, each with its answer:
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 import threading
@@ -312,6 +313,12 @@ def load(path: Path, fmt: str, layout: str, names: Names, time_unit: float = 1.0
             by_key = by_key or chunk.by_key
             builder.add(chunk)
         recording = builder.finish(str(path), identity, by_key, time_unit)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise
+        # The arrays go to temporary files, not memory: a disk too small is the limit.
+        raise RecordingError(0, f"no room for its arrays in {tempfile.gettempdir()} "
+                                f"({exc.strerror}): set TMPDIR to a larger disk") from None
     finally:
         builder.close()
     with _cache_lock:

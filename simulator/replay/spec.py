@@ -10,6 +10,7 @@ synthetic run's.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,7 +81,8 @@ class Replay(LandscapeSpec):
         "gradient_norm: grad_norm, ...}`; also `step`, `time`", shown="common names")
     from_step: int | None = param(None, integer(0, MAX_STEPS), "start at this recorded step",
                                   shown="the first")
-    stride: int = param(1, integer(1, 10**9), "replay every stride-th recorded step")
+    stride: int = param(1, integer(1, 10**9), "replay every stride-th row (recorded step) "
+                                              "from there")
     timing: str | None = param(None, _choice(TIMINGS), "`recorded`: steps fall due at the "
                                                        "recording's own times; `steps`: every "
                                                        "`step_interval`",
@@ -99,7 +101,7 @@ class Replay(LandscapeSpec):
         if "file" not in values:
             return spec
         base: Path = context.get("base") or Path(".")
-        where = base / spec.file
+        where = Path(os.path.normpath(base / spec.file))
         fmt = spec.format or format_of(where)
         try:
             rec = load(where, fmt, spec.layout, spec.columns, TIME_UNITS[spec.time_unit])

@@ -378,5 +378,6 @@ FAULT_KINDS_VIEW = [
     {"kind": k.name, "summary": k.summary,
      "default_duration_seconds": k.default_duration if math.isfinite(k.default_duration)
      else None,
-     "params": [{"name": p.key, "default": p.default, "help": p.help} for p in k.params]}
+     "params": [{"name": p.key, "default": p.default, "help": p.help} for p in k.params],
+     "replays": k.replays, "on_recording": k.on_recording}
     for k in FAULTS.values()]

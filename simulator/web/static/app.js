@@ -45,6 +45,7 @@ const page = {
   query: {sort: "severity", order: "desc", q: "", state: "", offset: 0},
   plotted: [],          // run names whose curves are drawn, in colour order
   focus: null,          // the run drawn on its landscape and broken by the panel
+  replayFocus: false,   // whether it replays a recording (some fault kinds do not apply)
   histories: new Map(), // run -> {meta, cols}
   kinds: [],
   charts: {},
@@ -192,7 +193,8 @@ function currentAttempt(run) {
   for (let i = 0; i < c.seq.length; i++) {
     if (c.attempt[i] !== attempt || !c.present[i]) continue;
     out.push({step: c.step[i], loss: c.loss[i], excess: c.excess_loss[i],
-      grad: c.gradient_norm[i], lr: c.learning_rate[i], state: c.state[i], faults: c.faults[i],
+      val: c.validation_loss[i], grad: c.gradient_norm[i], lr: c.learning_rate[i],
+      state: c.state[i], faults: c.faults[i],
       absmax: c.parameter_absmax[i], w: c.parameters ? c.parameters[i] : null});
   }
   return out;
@@ -336,7 +338,9 @@ async function renderFocus() {
   badge.className = `badge ${last ? last.state : ""}`;
   badge.textContent = last ? last.state : "";
   const dims = h.meta.dims;
-  if (h.cols.parameters && (dims === 1 || dims === 2)) await drawLandscape(run, h, entries);
+  offerKinds(h.meta.landscape === "replay");
+  if (h.meta.landscape === "replay") drawRecording(run, h, entries);
+  else if (h.cols.parameters && (dims === 1 || dims === 2)) await drawLandscape(run, h, entries);
   else drawNorm(run, h, entries);
   await refreshRunPanel(run);
 }
@@ -466,6 +470,30 @@ function drawPath(u, points) {
   ctx.restore();
 }
 
+// A replay has no landscape: its recorded training loss, and its validation loss when the
+// recording holds one (the last evaluation, held until the next).
+function drawRecording(run, h, entries) {
+  const validated = entries.some((e) => e.val !== null);
+  $("picture-caption").textContent = "replayed from its recording: the training loss" +
+    (validated ? " (solid) and the last validation loss (dashed)" : "") + " at each step";
+  // The run's own colour, as in the learning curves; the validation loss in the same, dashed.
+  const colour = PALETTE[Math.max(0, page.plotted.indexOf(run)) % PALETTE.length];
+  const series = [{label: "step"}, {label: "training loss", stroke: colour, width: 2,
+    points: {show: false}}];
+  const data = [entries.map((e) => e.step), entries.map((e) => positive(e.loss))];
+  if (validated) {
+    series.push({label: "validation loss", stroke: colour, width: 1.5, dash: [6, 4],
+      points: {show: false}});
+    data.push(entries.map((e) => positive(e.val)));
+  }
+  pictureChart({
+    scales: {x: {time: false}, y: {distr: 3}},
+    axes: [axis("step", false), axis("loss", true, true)],
+    legend: {show: validated},
+    series,
+  }, data);
+}
+
 function drawNorm(run, h, entries) {
   $("picture-caption").textContent =
     `${h.meta.dims} parameters (${h.meta.landscape}): the largest |w_i| over the steps`;
@@ -501,10 +529,28 @@ async function act(method, path, body, done) {
   }
 }
 
+// The kinds the focused run can take: a replay refuses those a recording cannot show.
+function offerKinds(replay) {
+  const changed = page.replayFocus !== replay;
+  page.replayFocus = replay;
+  const select = $("fault-kind");
+  for (const option of select.options) {
+    const kind = page.kinds.find((k) => k.kind === option.value);
+    option.disabled = replay && !kind.replays;
+    option.title = replay ? kind.on_recording.replace(/`/g, "") : "";
+  }
+  if (select.selectedOptions[0] && select.selectedOptions[0].disabled) {
+    select.value = page.kinds.find((k) => k.replays).kind;
+  }
+  if (changed) renderKind();
+}
+
 function renderKind() {
   const kind = page.kinds.find((k) => k.kind === $("fault-kind").value);
   if (!kind) return;
-  $("fault-summary").textContent = kind.summary.replace(/`/g, "");
+  const onRecording = page.replayFocus && kind.on_recording !== "as on any run"
+    ? `. On a recording: ${kind.on_recording}` : "";
+  $("fault-summary").textContent = (kind.summary + onRecording).replace(/`/g, "");
   $("fault-params").replaceChildren(...kind.params.map((p) => el("label", {title: p.help},
     p.name, el("input", {type: "number", step: "any", name: p.name, value: p.default}))));
 }
