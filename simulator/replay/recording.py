@@ -240,9 +240,8 @@ class _Builder:
         steps, loss_values, times = loss.arrays()
         joined = {m: _join(s, steps) for m, s in chosen.items() if m != "loss" and s is not None}
         # The replay begins where every recorded training metric has a value.
-        start = max((int(np.argmax(~np.isnan(j))) if (~np.isnan(j)).any() else len(steps)
-                     for m, j in joined.items() if m in ("gradient_norm", "learning_rate")),
-                    default=0)
+        start = max((_first_value(j) for m, j in joined.items()
+                     if m in ("gradient_norm", "learning_rate")), default=0)
         if start >= len(steps):
             raise RecordingError(0, "no step has a loss, a gradient norm and a learning rate "
                                     "together")
@@ -272,6 +271,16 @@ def _fill(n: int, block: Callable[[int, int], Floats]) -> Floats:
             e = min(n, b + _JOIN_BLOCK)
             out[b:e] = block(b, e)
     return out
+
+
+def _first_value(values: Floats) -> int:
+    """The index of the first value that is not NaN (``len(values)`` if none), a block at a
+    time."""
+    for b in range(0, len(values), _JOIN_BLOCK):
+        found = np.flatnonzero(~np.isnan(values[b:b + _JOIN_BLOCK]))
+        if found.size:
+            return b + int(found[0])
+    return len(values)
 
 
 def _join(s: _Series, steps: Ints) -> Floats:

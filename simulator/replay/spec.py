@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
@@ -153,13 +154,15 @@ class Replay(LandscapeSpec):
         n = 0 if self.recording is None else len(self.recording)
         return max(0, (n - 1 - self.start) // self.stride)
 
-    @property
+    @cached_property
     def nominal_interval(self) -> float | None:
-        """The median time between replayed steps, in simulated seconds (timed only)."""
+        """The median time between replayed steps (of the first 100,000), in simulated
+        seconds (timed only)."""
         rec = self.recording
         if not self.timed or rec is None or rec.elapsed is None:
             return None
-        rows = np.arange(self.start, len(rec), self.stride)[:100_001]
+        rows = np.arange(self.start, min(len(rec), self.start + 100_001 * self.stride),
+                         self.stride)
         gaps = np.diff(np.asarray(rec.elapsed[rows]))
         gaps = gaps[gaps > 0]
         return float(np.median(gaps)) / self.time_scale if len(gaps) else None
