@@ -101,7 +101,7 @@ expect:
         load_drill(bad)
     assert str(info.value).splitlines() == [
         f"{bad}:3: colour: unknown key (expected one of: config, drill, evaluation_interval, "
-        "expect, scrape_interval, silent, speed)",
+        "expect, incidents, scrape_interval, silent, speed)",
         f"{bad}:6: expect[0].fault: must name one of the 1 faults and incidents of the "
         "drill's timeline, in run-time order (0-based)",
         f"{bad}:7: expect[0].firing_within: must be a duration like 250ms, 1s or 2m, "

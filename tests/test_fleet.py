@@ -154,7 +154,7 @@ fleet:
         "landscapes, learning_rate, name_prefix, seed, template)",
         "fleet.yaml:7: fleet.template.name: unknown key (expected one of: clip_grad_norm, "
         "detect, faults, gradient_noise, hardware, init, landscape, loop, loss_noise, "
-        "optimizer, schedule, seed, step_interval, steps)",
+        "optimizer, replay, schedule, seed, step_interval, steps)",
         "fleet.yaml:8: fleet.learning_rate.log_uniform: must be > 0, got 0",
         "fleet.yaml:10: fleet.landscapes.banana: unknown landscape kind 'banana' (expected "
         "one of: quadratic, rosenbrock, noisy_quadratic, plateau, logistic_regression)",
@@ -165,7 +165,7 @@ fleet:
         "fleet.yaml:12: fleet.failures.fraction: must be between 0 and 1, got 1.5",
         "fleet.yaml:12: fleet.failures.kinds[0]: unknown fault kind 'boom' (expected one of: "
         "lr_spike, gradient_explosion, nan, plateau, drift, noise_burst, slow_steps, hang, "
-        "crash, dataloader_stall, straggler, thermal_throttle, gpu_lost)",
+        "crash, dataloader_stall, straggler, thermal_throttle, gpu_lost, loss_spike)",
     ]
 
 

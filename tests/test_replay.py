@@ -573,3 +573,21 @@ def test_a_reload_with_a_broken_recording_is_rejected_and_the_runs_keep_running(
     before = steps()
     wait_for(lambda: steps() != before, what="the replay to keep stepping")
     assert d.proc.poll() is None
+
+
+def test_a_drills_incident_must_name_a_replay_run_of_its_config(tmp_path: Path) -> None:
+    path = config(tmp_path, {"r.csv": simple_csv()},
+                  "  - name: rec\n    replay: {file: r.csv}\n"
+                  "  - name: synthetic\n    optimizer: {learning_rate: 0.1}\n")
+    drill = tmp_path / "drill.yaml"
+    drill.write_text(f"config: {path.name}\nincidents:\n  - {{run: synthetic, at: 1m}}\n"
+                     "expect:\n  - {alert: TrainsimRunDiverging, firing_within: 1m}\n")
+    res = validate(drill)
+    assert res.returncode == 2
+    assert res.stderr == (f"{drill}:3: incidents[0].run: must be a replay run of the config "
+                          "(it has: rec)\n")
+    drill.write_text(drill.read_text().replace("synthetic", "rec"))
+    res = validate(drill)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == (f"{drill}: ok (drill drill: 0 injections, 1 incident, "
+                          "1 expectation)\n")
